@@ -1,0 +1,153 @@
+#include "common.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+// ---------------------------------------------------------------------------- errors
+int fail(llamoe_err *err, const char *fmt, ...) {
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->msg, sizeof err->msg, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+static abort_fn process_abort = NULL;   // set once by the MPI layer; NULL means exit()
+
+void set_abort_handler(abort_fn fn) { process_abort = fn; }
+
+_Noreturn void die(const char *fmt, ...) {
+    char line[2 * LLAMOE_ERR_LEN];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "llamoe: %s\n", line);
+    fflush(stderr);
+    if (process_abort) process_abort(1);
+    exit(1);
+}
+
+void *xmalloc(size_t n) {
+    void *p = malloc(n ? n : 1);
+    if (!p) die("out of memory allocating %zu bytes", n);
+    return p;
+}
+
+void *xcalloc(size_t n, size_t size) {
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p) die("out of memory allocating %zu x %zu bytes", n, size);
+    return p;
+}
+
+char *xstrdup(const char *s) {
+    size_t n = strlen(s) + 1;
+    char *p = xmalloc(n);
+    memcpy(p, s, n);
+    return p;
+}
+
+// ---------------------------------------------------------------------------- dtypes
+size_t dtype_size(dtype_t t) { return t == DT_F32 ? 4 : 2; }
+
+const char *dtype_name(dtype_t t) {
+    switch (t) {
+    case DT_F32: return "F32";
+    case DT_BF16: return "BF16";
+    case DT_F16: return "F16";
+    }
+    return "?";
+}
+
+int dtype_parse(const char *s, dtype_t *out) {
+    if (!strcmp(s, "F32")) *out = DT_F32;
+    else if (!strcmp(s, "BF16")) *out = DT_BF16;
+    else if (!strcmp(s, "F16")) *out = DT_F16;
+    else return -1;
+    return 0;
+}
+
+float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, u;
+    if (exp == 0) {
+        if (man == 0) u = sign;
+        else {                         // subnormal: normalise
+            exp = 127 - 15 + 1;
+            while (!(man & 0x400)) { man <<= 1; exp--; }
+            u = sign | (exp << 23) | ((man & 0x3ff) << 13);
+        }
+    } else if (exp == 31) u = sign | 0x7f800000 | (man << 13);
+    else u = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    union { uint32_t u; float f; } v = { u };
+    return v.f;
+}
+
+uint16_t f32_to_f16(float f) {
+    union { float f; uint32_t u; } v = { f };
+    uint32_t sign = (v.u >> 16) & 0x8000, exp = (v.u >> 23) & 0xff, man = v.u & 0x7fffff;
+    if (exp == 0xff) return (uint16_t)(sign | 0x7c00 | (man ? 0x200 : 0));
+    int e = (int)exp - 127 + 15;
+    if (e >= 31) return (uint16_t)(sign | 0x7c00);
+    if (e <= 0) {                      // subnormal or zero, round to nearest even
+        if (e < -10) return (uint16_t)sign;
+        man |= 0x800000;
+        int shift = 14 - e;
+        uint32_t half = 1u << (shift - 1), rest = man & ((1u << shift) - 1), q = man >> shift;
+        if (rest > half || (rest == half && (q & 1))) q++;
+        return (uint16_t)(sign | q);
+    }
+    uint32_t q = (uint32_t)(e << 10) | (man >> 13), rest = man & 0x1fff;
+    if (rest > 0x1000 || (rest == 0x1000 && (q & 1))) q++;   // may carry into the exponent: correct
+    return (uint16_t)(sign | q);
+}
+
+void to_f32(float *dst, const void *src, dtype_t t, size_t n) {
+    if (t == DT_F32) { memcpy(dst, src, n * 4); return; }
+    const uint16_t *s = src;
+    if (t == DT_BF16) for (size_t i = 0; i < n; i++) dst[i] = bf16_to_f32(s[i]);
+    else for (size_t i = 0; i < n; i++) dst[i] = f16_to_f32(s[i]);
+}
+
+// ---------------------------------------------------------------------------- files
+char *read_text_file(const char *path, size_t max_bytes, size_t *len, llamoe_err *err) {
+    FILE *f = fopen(path, "rb");
+    if (!f) { fail(err, "%s: cannot open: %s", path, strerror(errno)); return NULL; }
+    struct stat st;
+    if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {
+        fclose(f);
+        fail(err, "%s: not a regular file", path);
+        return NULL;
+    }
+    if ((size_t)st.st_size > max_bytes) {
+        fclose(f);
+        fail(err, "%s: file is %lld bytes, more than the %zu allowed", path, (long long)st.st_size, max_bytes);
+        return NULL;
+    }
+    char *buf = xmalloc((size_t)st.st_size + 1);
+    size_t n = fread(buf, 1, (size_t)st.st_size, f);
+    fclose(f);
+    if (n != (size_t)st.st_size) {
+        free(buf);
+        fail(err, "%s: short read (%zu of %lld bytes)", path, n, (long long)st.st_size);
+        return NULL;
+    }
+    buf[n] = 0;
+    if (len) *len = n;
+    return buf;
+}
+
+int file_exists(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}

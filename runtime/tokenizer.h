@@ -1,0 +1,31 @@
+// Hugging Face tokenizer.json: byte-level BPE (Llama 3) and SentencePiece-style BPE with
+// byte fallback (Llama 2 / the bundled stories260k model).
+#pragma once
+#include "common.h"
+
+typedef struct tokenizer tokenizer;
+
+tokenizer *tokenizer_load(const char *path, llamoe_err *err);   // NULL + err on failure
+void tokenizer_free(tokenizer *t);
+
+// Encodes text[0..len). add_special: apply the post-processor (BOS for Llama).
+// parse_special: match added special tokens in the text (else they are plain text).
+// *ids is malloc'd and owned by the caller.
+int tokenizer_encode(const tokenizer *t, const char *text, size_t len, int add_special,
+                     int parse_special, int32_t **ids, int *n_ids, llamoe_err *err);
+
+// Decodes ids to bytes (malloc'd, NUL-terminated; *len excludes the NUL).
+int tokenizer_decode(const tokenizer *t, const int32_t *ids, int n_ids, char **text,
+                     size_t *len, llamoe_err *err);
+
+// Streaming decode for printing as tokens arrive: push one id, get the bytes that are now
+// complete (never half a UTF-8 character). The buffer is owned by the stream.
+typedef struct tokenizer_stream tokenizer_stream;
+tokenizer_stream *tokenizer_stream_new(const tokenizer *t);
+const char *tokenizer_stream_push(tokenizer_stream *s, int32_t id, size_t *len);
+const char *tokenizer_stream_flush(tokenizer_stream *s, size_t *len);  // what is left at the end
+void tokenizer_stream_free(tokenizer_stream *s);
+
+int tokenizer_vocab_size(const tokenizer *t);              // model vocab + added tokens
+int tokenizer_token_id(const tokenizer *t, const char *piece);   // -1 if absent
+int tokenizer_bos_id(const tokenizer *t);                  // from the post-processor; -1 if none

@@ -1,6 +1,8 @@
 // The backend interface: one table of ops, filled by kernels/cpu (now) and kernels/cuda.
 // Pointers are backend memory (host memory for the CPU backend, device memory for CUDA).
 // Activations are float32 row-major; weights keep their checkpoint dtype and widen on the fly.
+// Small index arrays (ids, slot, pos, rows, expert, weight, offsets) are host memory on
+// every backend: a device backend copies them itself, so the runtime never branches on it.
 // kernels/ knows nothing of files, MPI or Llama: the runtime calls these in model order.
 #pragma once
 #include "../runtime/common.h"
@@ -23,6 +25,7 @@ typedef struct {
 
 typedef struct backend {
     const char *name;
+    int device_memory;   // 0: pointers are host memory (weights may be mmapped views)
 
     // memory
     void *(*alloc)(size_t bytes);                    // zeroed; dies on failure

@@ -1,0 +1,517 @@
+// llamoe-ep: generate with a (MoE-ified) Llama, experts spread over the MPI ranks.
+//   mpirun -np 3 llamoe-ep [-m DIR] [-p TEXT | --ids 1,2,3 | --prompts FILE] [options]
+#include <ctype.h>
+#include <errno.h>
+#include <json-c/json.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "parallel/comm.h"
+#include "parallel/topology.h"
+#include "runtime/generate.h"
+#include "runtime/tokenizer.h"
+
+#define DEFAULT_MODEL LLAMOE_SOURCE_DIR "/models/stories260k"
+#define DEFAULT_PROMPT "Once upon a time"
+
+static void usage(FILE *f) {
+    fprintf(f,
+        "usage: mpirun -np P llamoe-ep [options]\n"
+        "  -m DIR            Hugging Face Llama or Mixtral directory (default: the bundled stories260k)\n"
+        "  -p TEXT           prompt text (default: \"" DEFAULT_PROMPT "\")\n"
+        "  --ids 1,2,3       prompt as token ids\n"
+        "  --prompts FILE    one prompt per line (text, or ids like 1,403,407); sequences are\n"
+        "                    spread over the ranks (data-parallel attention)\n"
+        "  --chat            wrap the prompt in the Llama 3 instruct header format\n"
+        "  -n N              new tokens per prompt (default 48)\n"
+        "  --temp T          temperature, 0 = greedy (default 0)\n"
+        "  --top-p P         nucleus sampling mass (default 1 = off)\n"
+        "  --seed S          sampling and router seed (default 1234)\n"
+        "  --moe MODE        dense | identity:E | upcycle:E:k | production:E:k\n"
+        "                    (default on a dense checkpoint: upcycle:8:2; a Mixtral checkpoint\n"
+        "                    uses its own experts)\n"
+        "  --drop R          production mode: fraction of neurons re-initialised (default 0.5)\n"
+        "  --ctx N           KV cache length per sequence (default min(max_position_embeddings, 4096))\n"
+        "  --step-tokens N   most tokens per forward step (prefill chunk, default 256)\n"
+        "  --threads N       CPU threads per rank (default: the cores bound to the rank)\n"
+        "  --bind core|none  bind ranks to cores with hwloc (default core)\n"
+        "  --json            print one JSON object (ids, text, timings) instead of text\n"
+        "  --dump-logits F   write float32 logits rows of the first prompt to F\n"
+        "  --stats           per layer: tokens per expert and imbalance (max/mean)\n"
+        "  --verbose         each rank's binding, experts and memory at start\n"
+        "  -h, --help        this text\n");
+}
+
+typedef struct {
+    const char *model_dir, *prompt_text, *prompt_ids, *prompts_file, *moe, *dump_logits;
+    int n_new, ctx, step_tokens, threads, json, stats, verbose, chat, bind;
+    float temp, top_p, drop;
+    uint64_t seed;
+} options;
+
+static int parse_int(const char *flag, const char *s, int lo, int hi) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || end == s || v < lo || v > hi) die("%s %s: expected an integer in [%d, %d]", flag, s, lo, hi);
+    return (int)v;
+}
+
+static float parse_float(const char *flag, const char *s, float lo, float hi) {
+    char *end;
+    float v = strtof(s, &end);
+    if (*end || end == s || !(v >= lo && v <= hi)) die("%s %s: expected a number in [%g, %g]", flag, s, lo, hi);
+    return v;
+}
+
+static void parse_args(int argc, char **argv, options *o) {
+    *o = (options){.model_dir = DEFAULT_MODEL, .n_new = 48, .step_tokens = 256, .temp = 0.0f,
+                   .top_p = 1.0f, .drop = 0.5f, .seed = 1234, .bind = 1};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); exit(0); }
+        if (!strcmp(a, "--json")) { o->json = 1; continue; }
+        if (!strcmp(a, "--stats")) { o->stats = 1; continue; }
+        if (!strcmp(a, "--verbose")) { o->verbose = 1; continue; }
+        if (!strcmp(a, "--chat")) { o->chat = 1; continue; }
+        if (i + 1 >= argc) die("%s: missing value (see --help)", a);
+        const char *v = argv[++i];
+        if (!strcmp(a, "-m")) o->model_dir = v;
+        else if (!strcmp(a, "-p")) o->prompt_text = v;
+        else if (!strcmp(a, "--ids")) o->prompt_ids = v;
+        else if (!strcmp(a, "--prompts")) o->prompts_file = v;
+        else if (!strcmp(a, "-n")) o->n_new = parse_int(a, v, 0, 1 << 24);
+        else if (!strcmp(a, "--temp")) o->temp = parse_float(a, v, 0.0f, 100.0f);
+        else if (!strcmp(a, "--top-p")) o->top_p = parse_float(a, v, 0.0f, 1.0f);
+        else if (!strcmp(a, "--seed")) o->seed = (uint64_t)strtoull(v, NULL, 10);
+        else if (!strcmp(a, "--moe")) o->moe = v;
+        else if (!strcmp(a, "--drop")) o->drop = parse_float(a, v, 0.0f, 1.0f);
+        else if (!strcmp(a, "--ctx")) o->ctx = parse_int(a, v, 1, 1 << 24);
+        else if (!strcmp(a, "--step-tokens")) o->step_tokens = parse_int(a, v, 1, 1 << 16);
+        else if (!strcmp(a, "--threads")) o->threads = parse_int(a, v, 1, 4096);
+        else if (!strcmp(a, "--dump-logits")) o->dump_logits = v;
+        else if (!strcmp(a, "--bind")) {
+            if (strcmp(v, "core") && strcmp(v, "none")) die("--bind %s: expected core or none", v);
+            o->bind = !strcmp(v, "core");
+        } else die("%s: unknown option (see --help)", a);
+    }
+    int sources = !!o->prompt_text + !!o->prompt_ids + !!o->prompts_file;
+    if (sources > 1) die("-p, --ids and --prompts are exclusive");
+    if (o->top_p <= 0.0f) die("--top-p %g: must be above 0", o->top_p);
+}
+
+// ---------------------------------------------------------------------------- prompts
+typedef struct {
+    int32_t *ids;
+    int n;
+} prompt;
+
+// "1,403, 407" or "1 403 407" -> ids; -1 if the text is not a list of integers.
+static int parse_id_list(const char *s, prompt *p) {
+    int cap = 16;
+    p->ids = xmalloc((size_t)cap * sizeof(int32_t));
+    p->n = 0;
+    const char *c = s;
+    while (*c) {
+        while (*c == ' ' || *c == ',' || *c == '\t' || *c == '\r') c++;
+        if (!*c) break;
+        if (!isdigit((unsigned char)*c) && *c != '-') goto not_ids;
+        char *end;
+        errno = 0;
+        long v = strtol(c, &end, 10);
+        if (errno || end == c || (*end && *end != ',' && *end != ' ' && *end != '\t' && *end != '\r')) goto not_ids;
+        if (v < INT32_MIN || v > INT32_MAX) goto not_ids;
+        if (p->n == cap) p->ids = realloc(p->ids, (size_t)(cap *= 2) * sizeof(int32_t));
+        CHECK(p->ids);
+        p->ids[p->n++] = (int32_t)v;
+        c = end;
+    }
+    if (p->n > 0) return 0;
+not_ids:
+    free(p->ids);
+    p->ids = NULL;
+    p->n = 0;
+    return -1;
+}
+
+static void encode_text(const tokenizer *tok, const char *text, int chat, prompt *p, const char *what) {
+    llamoe_err err;
+    if (!tok) die("%s: the model directory has no tokenizer.json; give the prompt as --ids", what);
+    const char *t = text;
+    char *wrapped = NULL;
+    if (chat) {
+        const char *pre = "<|start_header_id|>user<|end_header_id|>\n\n";
+        const char *post = "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n";
+        if (tokenizer_token_id(tok, "<|start_header_id|>") < 0)
+            die("--chat: the tokenizer has no <|start_header_id|> token (not a Llama 3 tokenizer)");
+        size_t n = strlen(pre) + strlen(text) + strlen(post) + 1;
+        wrapped = xmalloc(n);
+        snprintf(wrapped, n, "%s%s%s", pre, text, post);
+        t = wrapped;
+    }
+    if (tokenizer_encode(tok, t, strlen(t), 1, 1, &p->ids, &p->n, &err) != 0) die("%s: %s", what, err.msg);
+    free(wrapped);
+}
+
+static int read_prompts(const char *path, const tokenizer *tok, int chat, prompt **out) {
+    llamoe_err err;
+    char *text = read_text_file(path, 256u << 20, NULL, &err);
+    if (!text) die("--prompts %s", err.msg);
+    int n = 0, cap = 16;
+    prompt *ps = xmalloc((size_t)cap * sizeof(prompt));
+    int line_no = 0;
+    for (char *line = text, *next; line; line = next) {
+        next = strchr(line, '\n');
+        if (next) *next++ = 0;
+        line_no++;
+        size_t len = strlen(line);
+        if (len && line[len - 1] == '\r') line[--len] = 0;
+        if (!len) continue;   // blank lines separate nothing and are skipped
+        if (n == cap) ps = realloc(ps, (size_t)(cap *= 2) * sizeof(prompt));
+        CHECK(ps);
+        if (parse_id_list(line, &ps[n]) != 0) {
+            char what[600];
+            snprintf(what, sizeof what, "%s: line %d", path, line_no);
+            encode_text(tok, line, chat, &ps[n], what);
+        }
+        n++;
+    }
+    free(text);
+    if (n == 0) die("--prompts %s: no prompts (every line is blank)", path);
+    *out = ps;
+    return n;
+}
+
+// ---------------------------------------------------------------------------- output
+typedef struct {
+    const tokenizer *tok;
+    tokenizer_stream *stream;
+} stream_ctx;
+
+static void print_token(void *ctx, int32_t token) {
+    stream_ctx *s = ctx;
+    if (s->stream) {
+        size_t len;
+        const char *bytes = tokenizer_stream_push(s->stream, token, &len);
+        fwrite(bytes, 1, len, stdout);
+    } else {
+        printf(" %d", token);
+    }
+    fflush(stdout);
+}
+
+static const char *stop_name(stop_reason r) {
+    switch (r) {
+    case STOP_EOS: return "eos";
+    case STOP_LENGTH: return "length";
+    case STOP_CONTEXT: return "context";
+    case STOP_NONE: break;
+    }
+    return "none";
+}
+
+static json_object *ids_json(const int32_t *ids, int n) {
+    json_object *a = json_object_new_array_ext(n);
+    for (int i = 0; i < n; i++) json_object_array_add(a, json_object_new_int(ids[i]));
+    return a;
+}
+
+// Writes logits to a temporary name; renamed into place only when generation succeeded.
+typedef struct {
+    FILE *f;
+    char tmp[4096];
+    const char *path;
+} atomic_file;
+
+static void atomic_open(atomic_file *a, const char *path) {
+    a->path = path;
+    snprintf(a->tmp, sizeof a->tmp, "%s.tmp.%d", path, (int)getpid());
+    a->f = fopen(a->tmp, "wb");
+    if (!a->f) die("--dump-logits %s: cannot create: %s", path, strerror(errno));
+}
+
+static void atomic_commit(atomic_file *a) {
+    if (fclose(a->f) != 0 || rename(a->tmp, a->path) != 0) {
+        unlink(a->tmp);
+        die("--dump-logits %s: cannot write: %s", a->path, strerror(errno));
+    }
+}
+
+// Touches every page of the checkpoint so that the load happens here, with progress on a
+// terminal, instead of as page faults in the first step.
+static void prefault_weights(const st_set *st, int show) {
+    size_t total = 0, done = 0, page = (size_t)sysconf(_SC_PAGESIZE);
+    for (int f = 0; f < st->n_files; f++) total += st->files[f].size;
+    double t0 = now_seconds(), last = 0;
+    volatile uint8_t sink = 0;
+    for (int f = 0; f < st->n_files; f++) {
+        const uint8_t *p = st->files[f].map;
+        size_t size = st->files[f].size;
+        madvise((void *)p, size, MADV_WILLNEED);
+        for (size_t off = 0; off < size; off += page) {
+            sink ^= p[off];
+            done += page < size - off ? page : size - off;
+            double t = now_seconds();
+            if (show && t - last > 0.2) {
+                last = t;
+                fprintf(stderr, "\rloading %.1f / %.1f GB (%.0f MB/s)", done / 1e9, total / 1e9,
+                        done / 1e6 / (t - t0 + 1e-9));
+            }
+        }
+    }
+    if (show) fprintf(stderr, "\rloaded %.1f GB in %.1f s%30s\n", total / 1e9, now_seconds() - t0, "");
+    (void)sink;
+}
+
+// ---------------------------------------------------------------------------- main
+int main(int argc, char **argv) {
+    comm *c = comm_mpi_init(&argc, &argv);
+    options o;
+    parse_args(argc, argv, &o);
+    llamoe_err err;
+    double t_start = now_seconds();
+
+    char binding[256] = "";
+    int cores = topology_bind_rank(c, o.bind, binding, sizeof binding);
+    backend_cpu_set_threads(o.threads ? o.threads : cores);
+    const backend *be = backend_cpu();
+
+    // Tokenizer (optional: --ids works without one).
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tokenizer.json", o.model_dir);
+    tokenizer *tok = NULL;
+    if (file_exists(path) && !(tok = tokenizer_load(path, &err))) die("%s", err.msg);
+
+    // Model. Without --moe a dense checkpoint runs upcycle:8:2: real sparse routing with
+    // the dense model's output, so the main job exercises the experts.
+    moe_mode mode, *mode_arg = NULL;
+    if (o.moe) {
+        if (moe_mode_parse(o.moe, &mode, &err) != 0) die("%s", err.msg);
+        mode_arg = &mode;
+    } else {
+        llama_config probe;
+        if (config_load(&probe, o.model_dir, &err) != 0) die("%s", err.msg);
+        if (!probe.is_mixtral) {
+            moe_mode_parse("upcycle:8:2", &mode, &err);
+            mode_arg = &mode;
+        }
+    }
+    if (mode_arg) { mode.drop = o.drop; mode.seed = o.seed; }
+    model m;
+    if (model_load(&m, o.model_dir, mode_arg, be, c->rank, c->size, &err) != 0) die("%s", err.msg);
+    if (c->rank == 0 && !o.json) prefault_weights(&m.st, isatty(2) && st_total_bytes(&m.st) > (256u << 20));
+    double t_loaded = now_seconds();
+
+    // Prompts: all ranks read them; sequence i lives on rank i % P.
+    prompt *prompts = NULL;
+    int n_prompts = 1;
+    if (o.prompts_file) n_prompts = read_prompts(o.prompts_file, tok, o.chat, &prompts);
+    else {
+        prompts = xmalloc(sizeof(prompt));
+        if (o.prompt_ids) {
+            if (parse_id_list(o.prompt_ids, &prompts[0]) != 0) die("--ids %s: expected integers like 1,450,1234", o.prompt_ids);
+        } else {
+            encode_text(tok, o.prompt_text ? o.prompt_text : DEFAULT_PROMPT, o.chat, &prompts[0], "-p");
+        }
+    }
+    int ctx = o.ctx ? o.ctx : (m.cfg.max_position_embeddings < 4096 ? m.cfg.max_position_embeddings : 4096);
+    for (int i = 0; i < n_prompts; i++) {
+        if (sequence_check(&m, ctx, prompts[i].ids, prompts[i].n, &err) != 0) {
+            if (n_prompts > 1) die("prompt %d: %s", i + 1, err.msg);
+            die("%s", err.msg);
+        }
+    }
+
+    gen_options go = {.max_new = o.n_new, .temperature = o.temp, .top_p = o.top_p, .seed = o.seed,
+                      .step_tokens = o.step_tokens};
+    int n_local = 0;
+    for (int i = c->rank; i < n_prompts; i += c->size) n_local++;
+    sequence *seqs = xcalloc((size_t)(n_local ? n_local : 1), sizeof(sequence));
+    for (int i = c->rank, j = 0; i < n_prompts; i += c->size, j++)
+        sequence_init(&seqs[j], i, prompts[i].ids, prompts[i].n, j, &go);
+
+    run_state rs;
+    run_state_init(&rs, &m, o.step_tokens, n_local ? n_local : 1, ctx);
+    if (o.verbose) {
+        char mb[64];
+        fprintf(stderr, "llamoe: rank %d/%d: %s; moe %s; experts %d..%d of %d; expert weights %.1f MiB, other weights %.1f MiB, activations+KV %.1f MiB; %d sequence(s)\n",
+                c->rank, c->size, binding, moe_mode_str(&m.moe, mb, sizeof mb), m.first_expert,
+                m.first_expert + m.n_local_experts - 1, m.moe.n_experts, m.expert_bytes / 1048576.0,
+                m.weight_bytes / 1048576.0, rs.bytes / 1048576.0, n_local);
+    }
+
+    atomic_file logits_file = {0};
+    if (o.dump_logits && c->rank == 0) {
+        atomic_open(&logits_file, o.dump_logits);
+        go.dump_logits = logits_file.f;
+    }
+    stream_ctx sc = {tok, tok ? tokenizer_stream_new(tok) : NULL};
+    int streaming = !o.json && n_prompts == 1 && c->rank == 0;
+    if (streaming) {
+        go.on_token = print_token;
+        go.on_token_ctx = &sc;
+        if (tok) {
+            char *text;
+            size_t len;
+            if (tokenizer_decode(tok, prompts[0].ids, prompts[0].n, &text, &len, &err) == 0) {
+                fwrite(text, 1, len, stdout);
+                free(text);
+            }
+        } else {
+            printf("prompt ids:");
+            for (int i = 0; i < prompts[0].n; i++) printf(" %d", prompts[0].ids[i]);
+            printf("\ngenerated ids:");
+        }
+        fflush(stdout);
+    }
+
+    gen_stats gs;
+    if (generate(&m, &rs, c, seqs, n_local, &go, &gs, &err) != 0) die("%s", err.msg);
+    if (streaming) {
+        size_t len;
+        if (sc.stream) fwrite(tokenizer_stream_flush(sc.stream, &len), 1, len, stdout);
+        printf("\n");
+    }
+    if (logits_file.f) atomic_commit(&logits_file);
+
+    // Gather every sequence's ids on rank 0 (input order): [index, stop, n, ids...] records.
+    int64_t mine = 0;
+    for (int j = 0; j < n_local; j++) mine += 3 + seqs[j].n_out;
+    int32_t *send = xmalloc((size_t)(mine ? mine : 1) * sizeof(int32_t)), *w = send;
+    for (int j = 0; j < n_local; j++) {
+        *w++ = seqs[j].index; *w++ = (int32_t)seqs[j].stop; *w++ = seqs[j].n_out;
+        memcpy(w, seqs[j].out, (size_t)seqs[j].n_out * sizeof(int32_t));
+        w += seqs[j].n_out;
+    }
+    int P = c->size;
+    int64_t *send_counts = xcalloc((size_t)P, sizeof(int64_t)), *recv_counts = xcalloc((size_t)P, sizeof(int64_t));
+    send_counts[0] = mine;
+    if (c->exchange_counts(c, send_counts, recv_counts) != 0) die("gathering results failed");
+    size_t *sb = xcalloc((size_t)P, sizeof(size_t)), *sd = xcalloc((size_t)P, sizeof(size_t)),
+           *rb = xcalloc((size_t)P, sizeof(size_t)), *rd = xcalloc((size_t)P, sizeof(size_t));
+    size_t total = 0;
+    sb[0] = (size_t)mine * sizeof(int32_t);
+    for (int p = 0; p < P; p++) { rb[p] = (size_t)recv_counts[p] * sizeof(int32_t); rd[p] = total; total += rb[p]; }
+    int32_t *all = xmalloc(total ? total : 1);
+    if (c->alltoallv(c, send, sb, sd, all, rb, rd) != 0) die("gathering results failed");
+
+    // Statistics over all ranks.
+    moe_state *ms = &rs.moe;
+    int E = m.moe.n_experts, L = m.cfg.n_layers;
+    int64_t traffic[2] = {(int64_t)ms->bytes_sent, (int64_t)ms->bytes_recv};
+    if (m.moe.kind != MOE_DENSE) {
+        if (c->allreduce_sum_i64(c, ms->tokens_per_expert, L * E) != 0 || c->allreduce_sum_i64(c, traffic, 2) != 0)
+            die("gathering statistics failed");
+    }
+    double load_s = t_loaded - t_start;
+
+    if (c->rank == 0) {
+        int32_t **out_ids = xcalloc((size_t)n_prompts, sizeof(int32_t *));
+        int *out_n = xcalloc((size_t)n_prompts, sizeof(int)), *out_stop = xcalloc((size_t)n_prompts, sizeof(int));
+        for (size_t off = 0; off < total / sizeof(int32_t);) {
+            int idx = all[off], stop = all[off + 1], n = all[off + 2];
+            out_ids[idx] = all + off + 3;
+            out_n[idx] = n;
+            out_stop[idx] = stop;
+            off += 3 + (size_t)n;
+        }
+        char mb[64];
+        if (o.json) {
+            json_object *root = json_object_new_object();
+            json_object_object_add(root, "model", json_object_new_string(o.model_dir));
+            json_object_object_add(root, "moe", json_object_new_string(moe_mode_str(&m.moe, mb, sizeof mb)));
+            json_object_object_add(root, "ranks", json_object_new_int(P));
+            json_object *results = json_object_new_array();
+            for (int i = 0; i < n_prompts; i++) {
+                json_object *r = json_object_new_object();
+                json_object_object_add(r, "prompt_ids", ids_json(prompts[i].ids, prompts[i].n));
+                json_object_object_add(r, "generated_ids", ids_json(out_ids[i], out_n[i]));
+                json_object_object_add(r, "stop", json_object_new_string(stop_name((stop_reason)out_stop[i])));
+                if (tok) {
+                    char *text;
+                    size_t len;
+                    if (tokenizer_decode(tok, out_ids[i], out_n[i], &text, &len, &err) == 0) {
+                        json_object_object_add(r, "text", json_object_new_string_len(text, (int)len));
+                        free(text);
+                    }
+                }
+                if (n_prompts == 1) {   // a single prompt's fields sit at the top level
+                    json_object_object_foreach(r, key, val) json_object_object_add(root, key, json_object_get(val));
+                    json_object_put(r);
+                } else {
+                    json_object_array_add(results, r);
+                }
+            }
+            if (n_prompts > 1) json_object_object_add(root, "results", results);
+            else json_object_put(results);
+            json_object *t = json_object_new_object();
+            json_object_object_add(t, "load_s", json_object_new_double(load_s));
+            json_object_object_add(t, "prefill_s", json_object_new_double(gs.prefill_s));
+            json_object_object_add(t, "decode_s", json_object_new_double(gs.decode_s));
+            json_object_object_add(t, "prefill_tokens", json_object_new_int64(gs.prefill_tokens));
+            json_object_object_add(t, "decode_tokens", json_object_new_int64(gs.decode_tokens));
+            json_object_object_add(t, "prefill_tok_s", json_object_new_double(gs.prefill_s > 0 ? gs.prefill_tokens / gs.prefill_s : 0));
+            json_object_object_add(t, "decode_tok_s", json_object_new_double(gs.decode_s > 0 ? gs.decode_tokens / gs.decode_s : 0));
+            json_object_object_add(root, "timings", t);
+            if (m.moe.kind != MOE_DENSE) {
+                json_object_object_add(root, "bytes_sent", json_object_new_int64(traffic[0]));
+                json_object_object_add(root, "bytes_recv", json_object_new_int64(traffic[1]));
+            }
+            if (o.stats && m.moe.kind != MOE_DENSE) {
+                json_object *st = json_object_new_array();
+                for (int l = 0; l < L; l++) {
+                    json_object *a = json_object_new_array();
+                    for (int e = 0; e < E; e++) json_object_array_add(a, json_object_new_int64(ms->tokens_per_expert[(size_t)l * E + e]));
+                    json_object_array_add(st, a);
+                }
+                json_object_object_add(root, "tokens_per_expert", st);
+            }
+            printf("%s\n", json_object_to_json_string_ext(root, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
+            json_object_put(root);
+        } else {
+            if (!streaming) {
+                for (int i = 0; i < n_prompts; i++) {
+                    char *text;
+                    size_t len;
+                    printf("[%d] ", i + 1);
+                    if (tok && tokenizer_decode(tok, out_ids[i], out_n[i], &text, &len, &err) == 0) {
+                        fwrite(text, 1, len, stdout);
+                        free(text);
+                    } else {
+                        for (int j = 0; j < out_n[i]; j++) printf("%s%d", j ? " " : "", out_ids[i][j]);
+                    }
+                    printf("\n");
+                }
+            }
+            fprintf(stderr, "llamoe: %s, %d rank(s), %d prompt(s): load %.2f s; prefill %lld tok %.1f tok/s; decode %lld tok %.1f tok/s\n",
+                    moe_mode_str(&m.moe, mb, sizeof mb), P, n_prompts, load_s, (long long)gs.prefill_tokens,
+                    gs.prefill_s > 0 ? gs.prefill_tokens / gs.prefill_s : 0.0, (long long)gs.decode_tokens,
+                    gs.decode_s > 0 ? gs.decode_tokens / gs.decode_s : 0.0);
+        }
+        if (o.stats && m.moe.kind != MOE_DENSE) {
+            FILE *f = o.json ? stderr : stdout;
+            fprintf(f, "tokens per expert (layer: e0 e1 ... | max/mean):\n");
+            for (int l = 0; l < L; l++) {
+                const int64_t *t = ms->tokens_per_expert + (size_t)l * E;
+                int64_t sum = 0, max = 0;
+                fprintf(f, "  %3d:", l);
+                for (int e = 0; e < E; e++) { fprintf(f, " %lld", (long long)t[e]); sum += t[e]; if (t[e] > max) max = t[e]; }
+                fprintf(f, " | %.2f\n", sum ? (double)max * E / (double)sum : 0.0);
+            }
+        }
+        free(out_ids); free(out_n); free(out_stop);
+    }
+
+    free(all); free(send); free(send_counts); free(recv_counts); free(sb); free(sd); free(rb); free(rd);
+    for (int j = 0; j < n_local; j++) sequence_free(&seqs[j]);
+    free(seqs);
+    for (int i = 0; i < n_prompts; i++) free(prompts[i].ids);
+    free(prompts);
+    if (sc.stream) tokenizer_stream_free(sc.stream);
+    run_state_free(&rs, &m);
+    model_free(&m);
+    tokenizer_free(tok);
+    c->free(c);
+    return 0;
+}

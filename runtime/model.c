@@ -1,0 +1,175 @@
+// Model loading: config + safetensors -> a plan of weight views and this rank's experts.
+#include "model.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "moe.h"
+
+// ---------------------------------------------------------------------------- tensors
+int model_find_matrix(const model *m, const char *name, int64_t rows, int64_t cols, weight_t *w,
+                      llamoe_err *err) {
+    const st_tensor *t;
+    int64_t shape[2] = {rows, cols};
+    if (st_expect(&m->st, name, 2, shape, &t, err) != 0) return -1;
+    *w = (weight_t){.data = t->data, .dtype = t->dtype, .rows = rows, .cols = cols, .ld = cols};
+    return 0;
+}
+
+weight_t model_place_weight(const model *m, weight_t host) {
+    if (!m->be->device_memory) return host;
+    // Device copies are packed (ld = cols): copy row by row when the view is strided.
+    size_t row_bytes = (size_t)host.cols * dtype_size(host.dtype);
+    uint8_t *dev = m->be->alloc(row_bytes * (size_t)host.rows);
+    if (host.ld == host.cols) m->be->upload(dev, host.data, row_bytes * (size_t)host.rows);
+    else
+        for (int64_t r = 0; r < host.rows; r++)
+            m->be->upload(dev + r * row_bytes,
+                          (const uint8_t *)host.data + (size_t)(r * host.ld) * dtype_size(host.dtype), row_bytes);
+    host.data = dev;
+    host.ld = host.cols;
+    return host;
+}
+
+static int load_matrix(model *m, const char *name, int64_t rows, int64_t cols, weight_t *w,
+                       llamoe_err *err) {
+    if (model_find_matrix(m, name, rows, cols, w, err) != 0) return -1;
+    *w = model_place_weight(m, *w);
+    return 0;
+}
+
+// Norm weights are small: widened to float32 once (on the backend).
+static int load_vector(model *m, const char *name, int64_t n, float **out, llamoe_err *err) {
+    const st_tensor *t;
+    if (st_expect(&m->st, name, 1, &n, &t, err) != 0) return -1;
+    float *host = xmalloc((size_t)n * sizeof(float));
+    to_f32(host, t->data, t->dtype, (size_t)n);
+    *out = m->be->alloc((size_t)n * sizeof(float));
+    m->be->upload(*out, host, (size_t)n * sizeof(float));
+    free(host);
+    return 0;
+}
+
+static size_t weight_bytes(const weight_t *w) { return (size_t)(w->rows * w->cols) * dtype_size(w->dtype); }
+
+// ---------------------------------------------------------------------------- rope
+void rope_inv_freq(const llama_config *c, float *inv_freq) {
+    int half = c->head_dim / 2;
+    for (int i = 0; i < half; i++) {
+        double f = 1.0 / pow((double)c->rope_theta, (double)(2 * i) / (double)c->head_dim);
+        if (c->rope_llama3) {
+            // Llama 3.1 scaling: long wavelengths are slowed by `factor`, short ones kept,
+            // the band between blended smoothly (transformers' _compute_llama3_parameters).
+            double low_wavelen = c->rope_original_max_position / c->rope_low_freq_factor;
+            double high_wavelen = c->rope_original_max_position / c->rope_high_freq_factor;
+            double wavelen = 2.0 * M_PI / f;
+            if (wavelen > low_wavelen) f = f / c->rope_factor;
+            else if (wavelen >= high_wavelen) {
+                double smooth = (c->rope_original_max_position / wavelen - c->rope_low_freq_factor) /
+                                (c->rope_high_freq_factor - c->rope_low_freq_factor);
+                f = (1.0 - smooth) * f / c->rope_factor + smooth * f;
+            }
+        }
+        inv_freq[i] = (float)f;
+    }
+}
+
+// ---------------------------------------------------------------------------- load
+int model_load(model *m, const char *dir, const moe_mode *mode, const backend *be,
+               int rank, int n_ranks, llamoe_err *err) {
+    memset(m, 0, sizeof *m);
+    m->be = be;
+    m->rank = rank;
+    m->n_ranks = n_ranks;
+    m->dir = xstrdup(dir);
+    if (config_load(&m->cfg, dir, err) != 0) goto fail;
+    if (st_open_dir(&m->st, dir, err) != 0) goto fail;
+    const llama_config *c = &m->cfg;
+
+    // Which MoE mode: a Mixtral checkpoint brings its own experts and router.
+    if (c->is_mixtral) {
+        if (mode && mode->kind != MOE_CHECKPOINT) {
+            char buf[64];
+            fail(err, "%s: --moe %s cannot be applied to a Mixtral checkpoint (it already has %d experts)",
+                 dir, moe_mode_str(mode, buf, sizeof buf), c->n_experts);
+            goto fail;
+        }
+        m->moe = (moe_mode){.kind = MOE_CHECKPOINT, .n_experts = c->n_experts, .top_k = c->n_experts_per_tok};
+    } else if (mode) {
+        m->moe = *mode;
+        if (m->moe.kind == MOE_CHECKPOINT) { fail(err, "%s: not a Mixtral checkpoint", dir); goto fail; }
+        if (moe_mode_check(&m->moe, c->intermediate_size, err) != 0) goto fail;
+    } else {
+        m->moe = (moe_mode){.kind = MOE_DENSE};
+    }
+
+    // Expert placement: rank r owns a contiguous block; the first E % P ranks one more.
+    if (m->moe.kind != MOE_DENSE) {
+        int E = m->moe.n_experts;
+        if (E < n_ranks) {
+            fail(err, "cannot place %d experts on %d ranks: every rank must own at least one expert", E, n_ranks);
+            goto fail;
+        }
+        int base = E / n_ranks, extra = E % n_ranks;
+        m->n_local_experts = base + (rank < extra);
+        m->first_expert = rank * base + (rank < extra ? rank : extra);
+    }
+
+    int d = c->hidden_size, q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
+    char name[256];
+    if (load_matrix(m, "model.embed_tokens.weight", c->vocab_size, d, &m->embed, err) != 0) goto fail;
+    if (c->tie_word_embeddings) m->lm_head = m->embed;
+    else if (load_matrix(m, "lm_head.weight", c->vocab_size, d, &m->lm_head, err) != 0) goto fail;
+    if (load_vector(m, "model.norm.weight", d, &m->final_norm, err) != 0) goto fail;
+    m->weight_bytes = weight_bytes(&m->embed) + (c->tie_word_embeddings ? 0 : weight_bytes(&m->lm_head));
+
+    m->layers = xcalloc((size_t)c->n_layers, sizeof(layer_weights));
+    for (int l = 0; l < c->n_layers; l++) {
+        layer_weights *L = &m->layers[l];
+#define LAYER(field) (snprintf(name, sizeof name, "model.layers.%d.%s", l, field), name)
+        if (load_vector(m, LAYER("input_layernorm.weight"), d, &L->attn_norm, err) != 0 ||
+            load_vector(m, LAYER("post_attention_layernorm.weight"), d, &L->ffn_norm, err) != 0 ||
+            load_matrix(m, LAYER("self_attn.q_proj.weight"), q_dim, d, &L->wq, err) != 0 ||
+            load_matrix(m, LAYER("self_attn.k_proj.weight"), kv_dim, d, &L->wk, err) != 0 ||
+            load_matrix(m, LAYER("self_attn.v_proj.weight"), kv_dim, d, &L->wv, err) != 0 ||
+            load_matrix(m, LAYER("self_attn.o_proj.weight"), d, q_dim, &L->wo, err) != 0)
+            goto fail;
+#undef LAYER
+        m->weight_bytes += weight_bytes(&L->wq) + weight_bytes(&L->wk) + weight_bytes(&L->wv) +
+                           weight_bytes(&L->wo);
+        if (moe_build_layer(m, l, err) != 0) goto fail;
+    }
+    m->inv_freq = xmalloc((size_t)(c->head_dim / 2) * sizeof(float));
+    rope_inv_freq(c, m->inv_freq);
+    return 0;
+fail:
+    model_free(m);
+    return -1;
+}
+
+void model_free(model *m) {
+    const backend *be = m->be;
+    if (m->layers) {
+        for (int l = 0; l < m->cfg.n_layers; l++) {
+            layer_weights *L = &m->layers[l];
+            be->free(L->attn_norm);
+            be->free(L->ffn_norm);
+            if (be->device_memory) {
+                const void *w[] = {L->wq.data, L->wk.data, L->wv.data, L->wo.data};
+                for (int i = 0; i < 4; i++) be->free((void *)w[i]);
+            }
+            moe_free_layer(m, L);
+        }
+        free(m->layers);
+    }
+    if (be && be->device_memory) {
+        be->free((void *)m->embed.data);
+        if (!m->cfg.tie_word_embeddings) be->free((void *)m->lm_head.data);
+    }
+    if (be) be->free(m->final_norm);
+    if (be) be->free(m->router_memory);
+    free(m->inv_freq);
+    free(m->dir);
+    st_close(&m->st);
+    memset(m, 0, sizeof *m);
+}

@@ -1,0 +1,58 @@
+// The model plan: config, weights (views into the mmapped checkpoint where the layout is
+// already right), the MoE layers this rank serves, and RoPE tables.
+#pragma once
+#include "../kernels/backend.h"
+#include "config.h"
+#include "moe_mode.h"
+#include "safetensors.h"
+
+typedef struct {
+    float *attn_norm, *ffn_norm;          // float32 [hidden], owned
+    weight_t wq, wk, wv, wo;
+    weight_t w_gate, w_up, w_down;        // dense FFN: host views of the checkpoint (the
+                                          // source of the experts); placed on the backend
+                                          // only in dense mode, as dense_*
+    weight_t dense_gate, dense_up, dense_down;
+    // MoE (kind != MOE_DENSE)
+    weight_t router;                      // [E, hidden]; unused by identity
+    weight_t *w1, *w3, *w2;               // [n_local_experts], owned arrays of views/buffers
+    expert_set experts;                   // points at w1/w3/w2
+    void *expert_memory;                  // weights built at load (production), owned
+} layer_weights;
+
+typedef struct {
+    llama_config cfg;
+    moe_mode moe;                         // kind MOE_CHECKPOINT for Mixtral directories
+    const backend *be;
+    st_set st;                            // keeps the mmap alive
+    char *dir;
+
+    weight_t embed, lm_head;              // lm_head aliases embed when tied
+    float *final_norm;                    // float32 [hidden], owned
+    float *inv_freq;                      // float32 [head_dim / 2], llama3-scaled, owned
+    layer_weights *layers;
+
+    // expert parallelism: this rank serves experts [first_expert, first_expert + n_local)
+    int rank, n_ranks;
+    int first_expert, n_local_experts;
+    size_t expert_bytes;                  // bytes of this rank's expert weights (all layers)
+    size_t weight_bytes;                  // bytes of every other weight
+    void *router_memory;                  // generated routers (upcycle, production), owned
+} model;
+
+// Opens DIR, validates config and tensors against each other, and builds the layers for
+// `mode` (NULL: the checkpoint's own layout: dense for Llama, MOE_CHECKPOINT for Mixtral).
+// Only the experts of `rank` out of `n_ranks` are built. Returns -1 with err on bad input.
+int model_load(model *m, const char *dir, const moe_mode *mode, const backend *be,
+               int rank, int n_ranks, llamoe_err *err);
+void model_free(model *m);
+
+// A host view of tensor `name`, which must be [rows, cols]; err names file/tensor/field.
+int model_find_matrix(const model *m, const char *name, int64_t rows, int64_t cols, weight_t *w,
+                      llamoe_err *err);
+// The weight as the backend uses it: the view itself on host backends, a packed device copy
+// (owned by the caller, freed with be->free) otherwise.
+weight_t model_place_weight(const model *m, weight_t host);
+
+// inv_freq[i] for i < head_dim/2 with the llama3 frequency scaling when configured.
+void rope_inv_freq(const llama_config *c, float *inv_freq);

@@ -19,7 +19,10 @@ int fail(llamoe_err *err, const char *fmt, ...) {
 
 static abort_fn process_abort = NULL;   // set once by the MPI layer; NULL means exit()
 
+static char error_prefix[32] = "";      // "rank 2: " once the MPI layer knows the rank
+
 void set_abort_handler(abort_fn fn) { process_abort = fn; }
+void set_error_prefix(const char *prefix) { snprintf(error_prefix, sizeof error_prefix, "%s", prefix ? prefix : ""); }
 
 _Noreturn void die(const char *fmt, ...) {
     char line[2 * LLAMOE_ERR_LEN];
@@ -27,7 +30,7 @@ _Noreturn void die(const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "llamoe: %s\n", line);
+    fprintf(stderr, "llamoe: %s%s\n", error_prefix, line);
     fflush(stderr);
     if (process_abort) process_abort(1);
     exit(1);

@@ -19,8 +19,10 @@ _Noreturn void die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 // The process-wide abort path. die() calls it; the MPI layer installs MPI_Abort so that one
 // failing rank stops the others instead of leaving them waiting in a collective.
-typedef _Noreturn void (*abort_fn)(int code);
+typedef void (*abort_fn)(int code);   // must not return (C11 cannot say _Noreturn on a pointer)
 void set_abort_handler(abort_fn fn);
+// Text put between "llamoe: " and die()'s message, e.g. "rank 2: " under MPI (at most 31 chars).
+void set_error_prefix(const char *prefix);
 
 // For calls that must not fail (malloc of internal buffers): names the call, file and line.
 #define CHECK(cond) do { if (!(cond)) die("%s:%d: check failed: %s", __FILE__, __LINE__, #cond); } while (0)

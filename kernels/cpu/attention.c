@@ -1,0 +1,72 @@
+// Causal grouped-query attention over the KV cache, fp32 throughout.
+//
+// Token i's query head h reads kv head h / (n_heads / n_kv_heads) at positions 0..pos[i] of
+// slot[i]. One work item is (token, kv head): the query heads of the group share each K and
+// V row while it is in cache. Scores are cpu_dot dot products, the softmax subtracts the max
+// and sums in position order, and the output accumulates positions in order, so a token's
+// output is independent of the batch and of the thread that computes it.
+#include "cpu_internal.h"
+
+#include <omp.h>
+
+void cpu_kv_write(float *k_cache, float *v_cache, const float *k, const float *v,
+                  const int32_t *slot, const int32_t *pos, int n, int kv_dim, int64_t slot_stride) {
+    for (int i = 0; i < n; i++) {
+        size_t at = (size_t)slot[i] * (size_t)slot_stride + (size_t)pos[i] * (size_t)kv_dim;
+        memcpy(k_cache + at, k + (size_t)i * kv_dim, (size_t)kv_dim * sizeof(float));
+        memcpy(v_cache + at, v + (size_t)i * kv_dim, (size_t)kv_dim * sizeof(float));
+    }
+}
+
+void cpu_attention(float *out, const float *q, const float *k_cache, const float *v_cache,
+                   const int32_t *slot, const int32_t *pos, int n,
+                   int n_heads, int n_kv_heads, int head_dim, int64_t slot_stride) {
+    if (n <= 0) return;
+    int group = n_heads / n_kv_heads;
+    int64_t kv_dim = (int64_t)n_kv_heads * head_dim, q_dim = (int64_t)n_heads * head_dim;
+    float scale = 1.0f / sqrtf((float)head_dim);
+    int32_t max_pos = 0;
+    for (int i = 0; i < n; i++) max_pos = pos[i] > max_pos ? pos[i] : max_pos;
+    int64_t items = (int64_t)n * n_kv_heads;
+
+#pragma omp parallel num_threads(cpu_threads()) if (items > 1)
+    {
+        float *score = xmalloc((size_t)group * (size_t)(max_pos + 1) * sizeof(float));
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t it = 0; it < items; it++) {
+            int i = (int)(it / n_kv_heads), g = (int)(it % n_kv_heads);
+            int64_t len = (int64_t)pos[i] + 1;
+            const float *kb = k_cache + (size_t)slot[i] * (size_t)slot_stride + (size_t)g * head_dim;
+            const float *vb = v_cache + (size_t)slot[i] * (size_t)slot_stride + (size_t)g * head_dim;
+            const float *qg = q + (size_t)i * q_dim + (size_t)g * group * head_dim;
+            float *og = out + (size_t)i * q_dim + (size_t)g * group * head_dim;
+
+            for (int64_t p = 0; p < len; p++)
+                for (int h = 0; h < group; h++)
+                    score[h * len + p] = cpu_dot(qg + (size_t)h * head_dim, kb + (size_t)p * kv_dim, head_dim) * scale;
+
+            for (int h = 0; h < group; h++) {
+                float *s = score + h * len, m = s[0];
+                for (int64_t p = 1; p < len; p++) m = s[p] > m ? s[p] : m;
+                for (int64_t p = 0; p < len; p++) s[p] = expf(s[p] - m);
+                float *o = og + (size_t)h * head_dim;
+                for (int j = 0; j < head_dim; j++) o[j] = 0.0f;
+            }
+            for (int64_t p = 0; p < len; p++) {
+                const float *v = vb + (size_t)p * kv_dim;
+                for (int h = 0; h < group; h++) {
+                    float e = score[h * len + p], *o = og + (size_t)h * head_dim;
+                    for (int j = 0; j < head_dim; j++) o[j] += e * v[j];
+                }
+            }
+            // Weights are normalised at the end: one division per output instead of per position.
+            for (int h = 0; h < group; h++) {
+                float *s = score + h * len, sum = 0.0f, *o = og + (size_t)h * head_dim;
+                for (int64_t p = 0; p < len; p++) sum += s[p];
+                float inv = 1.0f / sum;
+                for (int j = 0; j < head_dim; j++) o[j] *= inv;
+            }
+        }
+        free(score);
+    }
+}

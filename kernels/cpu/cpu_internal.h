@@ -1,0 +1,63 @@
+// Shared by the CPU kernels: thread count, the 16-lane vector type, and the two reductions
+// every deterministic kernel goes through (the matmul tile and the fixed-order dot product).
+#pragma once
+#include "../backend.h"
+
+#include <math.h>
+#include <string.h>
+
+// Threads used by every parallel region of the CPU backend (backend_cpu_set_threads).
+int cpu_threads(void);
+
+// ---------------------------------------------------------------------------- vectors
+// 16 fp32 lanes: one AVX-512 register, two AVX2 registers. Lane-wise vector arithmetic has
+// the same IEEE result whatever the ISA, so the lane count (not the register width) fixes
+// the accumulation order. a * b + c is contracted to one fma by GCC (-ffp-contract=fast is
+// the GNU C default) wherever it appears, so all paths round the same way.
+#define LANES 16
+typedef float v16 __attribute__((vector_size(64)));
+
+static inline v16 v16_load(const float *p) { v16 v; memcpy(&v, p, sizeof v); return v; }
+static inline void v16_store(float *p, v16 v) { memcpy(p, &v, sizeof v); }
+
+// Fixed reduction tree of the 16 lanes: (l, l+8), then (l, l+4), (l, l+2), (l, l+1).
+static inline float v16_sum(v16 a) {
+    float s[8];
+    for (int l = 0; l < 8; l++) s[l] = a[l] + a[l + 8];
+    for (int l = 0; l < 4; l++) s[l] = s[l] + s[l + 4];
+    for (int l = 0; l < 2; l++) s[l] = s[l] + s[l + 2];
+    return s[0] + s[1];
+}
+
+// The one dot product of the backend (attention scores, rmsnorm): lane l accumulates the
+// elements i with i % 16 == l in increasing i with fma, the tail is zero-padded, then
+// v16_sum. The matmul tile below uses the same scheme, so a dot is a dot everywhere.
+float cpu_dot(const float *a, const float *b, int64_t n);
+
+// out[t * ldo + (r - r0)] = x[t * ldx, :] . w[r, :] for t < n and r0 <= r < r1, serial (the
+// caller parallelises over row ranges). Each element goes through cpu_dot's scheme, so the
+// result does not depend on n, r0, r1 or on which thread calls it.
+void cpu_matmul_rows(float *out, int64_t ldo, const float *x, int64_t ldx, int64_t n,
+                     const weight_t *w, int64_t r0, int64_t r1);
+
+// silu(g) * u in fp32, the form torch uses for silu: g / (1 + exp(-g)).
+static inline float cpu_swiglu1(float g, float u) { return g / (1.0f + expf(-g)) * u; }
+
+// ---------------------------------------------------------------------------- the ops
+// One function per entry of the backend table (documented in kernels/backend.h).
+void cpu_embed(float *out, const weight_t *table, const int32_t *ids, int n);
+void cpu_rmsnorm(float *out, const float *x, const float *w, int n, int dim, float eps);
+void cpu_matmul(float *out, const float *x, const weight_t *w, int n);
+void cpu_rope(float *x, int n, int n_heads, int head_dim, const int32_t *pos, const float *inv_freq);
+void cpu_kv_write(float *k_cache, float *v_cache, const float *k, const float *v,
+                  const int32_t *slot, const int32_t *pos, int n, int kv_dim, int64_t slot_stride);
+void cpu_attention(float *out, const float *q, const float *k_cache, const float *v_cache,
+                   const int32_t *slot, const int32_t *pos, int n,
+                   int n_heads, int n_kv_heads, int head_dim, int64_t slot_stride);
+void cpu_swiglu(float *out, const float *gate, const float *up, int64_t n);
+void cpu_add(float *x, const float *y, int64_t n);
+void cpu_router_topk(int32_t *expert, float *weight, const float *logits, int n, int n_experts, int k);
+void cpu_gather_rows(float *out, const float *x, const int32_t *rows, int n, int dim);
+void cpu_expert_ffn(float *out, const float *x, const int64_t *offsets, const expert_set *experts);
+void cpu_combine(float *out, const float *y, const int32_t *row, const float *weight, int n, int k, int dim);
+void cpu_argmax(int32_t *out, const float *logits, int n, int vocab);

@@ -1,0 +1,139 @@
+// MoE ops: router top-k, the gather that groups tokens by expert, the grouped expert FFN and
+// the combine that sums each token's expert outputs in a fixed order.
+#include "cpu_internal.h"
+
+#include <omp.h>
+
+// ---------------------------------------------------------------------------- router
+// Softmax over E logits (max-subtracted, summed in expert order), top k by probability with
+// ties to the lower index (as torch.topk on Mixtral's softmax), renormalised over the kept
+// ones, written in ascending expert order.
+void cpu_router_topk(int32_t *expert, float *weight, const float *logits, int n, int n_experts, int k) {
+    CHECK(k >= 1 && k <= n_experts);
+    float *p = xmalloc((size_t)n_experts * sizeof(float));
+    unsigned char *kept = xmalloc((size_t)n_experts);
+    for (int i = 0; i < n; i++) {
+        const float *l = logits + (size_t)i * n_experts;
+        float m = l[0], sum = 0.0f;
+        for (int e = 1; e < n_experts; e++) m = l[e] > m ? l[e] : m;
+        for (int e = 0; e < n_experts; e++) {
+            p[e] = expf(l[e] - m);
+            sum += p[e];
+        }
+        for (int e = 0; e < n_experts; e++) {
+            p[e] /= sum;
+            kept[e] = 0;
+        }
+        for (int j = 0; j < k; j++) {   // k passes: E and k are small
+            int best = -1;
+            for (int e = 0; e < n_experts; e++)
+                if (!kept[e] && (best < 0 || p[e] > p[best])) best = e;
+            kept[best] = 1;
+        }
+        float ksum = 0.0f;
+        for (int e = 0; e < n_experts; e++)
+            if (kept[e]) ksum += p[e];
+        int j = 0;
+        for (int e = 0; e < n_experts; e++)
+            if (kept[e]) {
+                expert[(size_t)i * k + j] = e;
+                weight[(size_t)i * k + j] = p[e] / ksum;
+                j++;
+            }
+    }
+    free(kept);
+    free(p);
+}
+
+void cpu_gather_rows(float *out, const float *x, const int32_t *rows, int n, int dim) {
+    for (int i = 0; i < n; i++)
+        memcpy(out + (size_t)i * dim, x + (size_t)rows[i] * dim, (size_t)dim * sizeof(float));
+}
+
+// ---------------------------------------------------------------------------- expert FFN
+// Work is a flat list of (expert, block of output rows) items shared by all threads, in two
+// phases: gate/up blocks (each item also applies silu(g) * u to its block), then down
+// blocks. Every element is a cpu_matmul_rows dot product, so results do not depend on how
+// many tokens each expert got, on threads or on the item order.
+#define FFN_ROW_CHUNK 32
+
+typedef struct { int e; int64_t r0, r1; } ffn_item;
+
+static int64_t add_items(ffn_item *items, int64_t count, int e, int64_t rows) {
+    for (int64_t r = 0; r < rows; r += FFN_ROW_CHUNK)
+        items[count++] = (ffn_item){e, r, r + FFN_ROW_CHUNK < rows ? r + FFN_ROW_CHUNK : rows};
+    return count;
+}
+
+void cpu_expert_ffn(float *out, const float *x, const int64_t *offsets, const expert_set *ex) {
+    int E = ex->n_experts;
+    if (E <= 0 || offsets[E] <= offsets[0]) return;
+    int64_t d = ex->w2[0].rows;
+    // g (gate, then the activation) and u per expert: [tokens of e, ff of e], packed.
+    size_t *hoff = xmalloc(((size_t)E + 1) * sizeof(size_t));
+    int64_t n_up = 0, n_down = 0;
+    hoff[0] = 0;
+    for (int e = 0; e < E; e++) {
+        int64_t ne = offsets[e + 1] - offsets[e], ff = ex->w1[e].rows;
+        CHECK(ne >= 0);
+        CHECK(ex->w1[e].cols == d && ex->w3[e].cols == d && ex->w3[e].rows == ff);
+        CHECK(ex->w2[e].rows == d && ex->w2[e].cols == ff);
+        hoff[e + 1] = hoff[e] + (size_t)ne * (size_t)ff;
+        if (ne > 0) {
+            n_up += (ff + FFN_ROW_CHUNK - 1) / FFN_ROW_CHUNK;
+            n_down += (d + FFN_ROW_CHUNK - 1) / FFN_ROW_CHUNK;
+        }
+    }
+    float *g = xmalloc(hoff[E] * sizeof(float)), *u = xmalloc(hoff[E] * sizeof(float));
+    ffn_item *up = xmalloc((size_t)(n_up + 1) * sizeof(ffn_item));
+    ffn_item *down = xmalloc((size_t)(n_down + 1) * sizeof(ffn_item));
+    n_up = n_down = 0;
+    for (int e = 0; e < E; e++) {
+        if (offsets[e + 1] == offsets[e]) continue;
+        n_up = add_items(up, n_up, e, ex->w1[e].rows);
+        n_down = add_items(down, n_down, e, d);
+    }
+
+#pragma omp parallel num_threads(cpu_threads())
+    {
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t it = 0; it < n_up; it++) {
+            ffn_item w = up[it];
+            int64_t ne = offsets[w.e + 1] - offsets[w.e], ff = ex->w1[w.e].rows;
+            const float *xe = x + (size_t)offsets[w.e] * (size_t)d;
+            float *ge = g + hoff[w.e] + w.r0, *ue = u + hoff[w.e] + w.r0;
+            cpu_matmul_rows(ge, ff, xe, d, ne, &ex->w1[w.e], w.r0, w.r1);
+            cpu_matmul_rows(ue, ff, xe, d, ne, &ex->w3[w.e], w.r0, w.r1);
+            for (int64_t t = 0; t < ne; t++)
+                for (int64_t r = 0; r < w.r1 - w.r0; r++)
+                    ge[t * ff + r] = cpu_swiglu1(ge[t * ff + r], ue[t * ff + r]);
+        }
+        // (the implicit barrier: every activation is ready before the down projections)
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t it = 0; it < n_down; it++) {
+            ffn_item w = down[it];
+            int64_t ne = offsets[w.e + 1] - offsets[w.e], ff = ex->w1[w.e].rows;
+            cpu_matmul_rows(out + (size_t)offsets[w.e] * (size_t)d + w.r0, d, g + hoff[w.e], ff, ne,
+                            &ex->w2[w.e], w.r0, w.r1);
+        }
+    }
+    free(down);
+    free(up);
+    free(u);
+    free(g);
+    free(hoff);
+}
+
+// ---------------------------------------------------------------------------- combine
+void cpu_combine(float *out, const float *y, const int32_t *row, const float *weight, int n, int k, int dim) {
+#pragma omp parallel for schedule(static) num_threads(cpu_threads()) if ((int64_t)n * k * dim > 65536)
+    for (int t = 0; t < n; t++) {
+        float *o = out + (size_t)t * dim;
+        for (int c = 0; c < dim; c++) o[c] = 0.0f;
+        for (int j = 0; j < k; j++) {
+            float w = weight[(size_t)t * k + j];
+            const float *yr = y + (size_t)row[(size_t)t * k + j] * dim;
+            for (int c = 0; c < dim; c++) o[c] += w * yr[c];
+        }
+    }
+}

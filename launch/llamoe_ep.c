@@ -387,7 +387,7 @@ int main(int argc, char **argv) {
     int P = c->size;
     int64_t *send_counts = xcalloc((size_t)P, sizeof(int64_t)), *recv_counts = xcalloc((size_t)P, sizeof(int64_t));
     send_counts[0] = mine;
-    if (c->exchange_counts(c, send_counts, recv_counts) != 0) die("gathering results failed");
+    if (c->exchange_counts(c, send_counts, recv_counts, 1) != 0) die("gathering results failed");
     size_t *sb = xcalloc((size_t)P, sizeof(size_t)), *sd = xcalloc((size_t)P, sizeof(size_t)),
            *rb = xcalloc((size_t)P, sizeof(size_t)), *rd = xcalloc((size_t)P, sizeof(size_t));
     size_t total = 0;

@@ -88,6 +88,7 @@ int forward(const model *m, run_state *s, comm *c, const int32_t *tokens, const 
         } else if (moe_forward(m, l, &s->moe, c, s->xn, n, s->ffn_out) != 0) {
             return -1;
         }
+        if (s->ffn_hook) s->ffn_hook(s->ffn_hook_ctx, l, s->xn, s->ffn_out, n);
         if (n > 0) be->add(s->x, s->ffn_out, (int64_t)n * d);
         s->time.ffn += now_seconds() - tf;
     }

@@ -16,6 +16,10 @@ typedef struct {
     float *x, *xn, *q, *k, *v, *att, *gate, *up, *ffn_out, *logits;
     float **k_cache, **v_cache;   // [n_layers][n_slots * slot_stride]
     moe_state moe;             // only for MoE models
+    // Called after every layer's FFN with its input (normalised) and output, or NULL.
+    // For tests and tracing: the parity test checks each layer against the dense FFN here.
+    void (*ffn_hook)(void *ctx, int layer, const float *xn, const float *ffn_out, int n);
+    void *ffn_hook_ctx;
     forward_timings time;
     size_t bytes;              // activation + KV cache memory
 } run_state;

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "moe.h"
+#include "parallel/placement.h"
 
 // ---------------------------------------------------------------------------- tensors
 int model_find_matrix(const model *m, const char *name, int64_t rows, int64_t cols, weight_t *w,
@@ -103,16 +104,12 @@ int model_load(model *m, const char *dir, const moe_mode *mode, const backend *b
         m->moe = (moe_mode){.kind = MOE_DENSE};
     }
 
-    // Expert placement: rank r owns a contiguous block; the first E % P ranks one more.
+    // Expert placement: rank r owns a contiguous block (parallel/placement.h).
     if (m->moe.kind != MOE_DENSE) {
-        int E = m->moe.n_experts;
-        if (E < n_ranks) {
-            fail(err, "cannot place %d experts on %d ranks: every rank must own at least one expert", E, n_ranks);
-            goto fail;
-        }
-        int base = E / n_ranks, extra = E % n_ranks;
-        m->n_local_experts = base + (rank < extra);
-        m->first_expert = rank * base + (rank < extra ? rank : extra);
+        expert_placement p;
+        if (placement_init(&p, m->moe.n_experts, n_ranks, err) != 0) goto fail;
+        m->n_local_experts = placement_count(&p, rank);
+        m->first_expert = placement_first(&p, rank);
     }
 
     int d = c->hidden_size, q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;

@@ -223,6 +223,7 @@ int moe_state_init(moe_state *s, const model *m, int max_tokens) {
     expert_placement p;
     llamoe_err err;
     if (placement_init(&p, E, m->n_ranks, &err) != 0) die("%s", err.msg);
+    CHECK(placement_first(&p, m->rank) == m->first_expert && placement_count(&p, m->rank) == m->n_local_experts);
     s->exchange = moe_exchange_new(&p, m->rank, d);
     return 0;
 }
@@ -265,7 +266,9 @@ int moe_forward(const model *m, int l, moe_state *s, comm *c, const float *xn, i
     const float *xe;
     const int64_t *offsets;
     int64_t rows;
-    if (moe_dispatch(s->exchange, c, xn, n, s->expert, k, &xe, &offsets, &rows) != 0) return -1;
+    llamoe_err err;
+    if (moe_dispatch(s->exchange, c, xn, n, s->expert, k, &xe, &offsets, &rows, &err) != 0)
+        die("layer %d: dispatch: %s", l, err.msg);
     double t2 = now_seconds();
 
     if ((size_t)rows > s->ye_cap) {
@@ -277,12 +280,12 @@ int moe_forward(const model *m, int l, moe_state *s, comm *c, const float *xn, i
     double t3 = now_seconds();
 
     // Combine: every (token, expert) output comes home in fp32 and is summed in expert order.
-    if (moe_combine(s->exchange, c, s->ye, s->y_pairs) != 0) return -1;
+    if (moe_combine(s->exchange, c, s->ye, s->y_pairs, &err) != 0) die("layer %d: combine: %s", l, err.msg);
     if (n > 0) be->combine(out, s->y_pairs, s->pair_row, s->weight, n, k, d);
-    size_t sent, recv;
-    moe_exchange_traffic(s->exchange, &sent, &recv);
-    s->bytes_sent += sent;
-    s->bytes_recv += recv;
+    moe_traffic traffic;
+    moe_exchange_traffic(s->exchange, &traffic);
+    s->bytes_sent += traffic.bytes_sent;
+    s->bytes_recv += traffic.bytes_recv;
     double t4 = now_seconds();
     s->t_router += t1 - t0;
     s->t_dispatch += t2 - t1;

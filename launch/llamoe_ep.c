@@ -5,6 +5,7 @@
 #include <json-c/json.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "parallel/comm.h"
@@ -35,7 +36,7 @@ static void usage(FILE *f) {
         "  --ctx N           KV cache length per sequence (default min(max_position_embeddings, 4096))\n"
         "  --step-tokens N   most tokens per forward step (prefill chunk, default 256)\n"
         "  --threads N       CPU threads per rank (default: the cores bound to the rank)\n"
-        "  --bind core|none  bind ranks to cores with hwloc (default core)\n"
+        "  --bind cores|none bind ranks to cores with hwloc (default cores)\n"
         "  --json            print one JSON object (ids, text, timings) instead of text\n"
         "  --dump-logits F   write float32 logits rows of the first prompt to F\n"
         "  --stats           per layer: tokens per expert and imbalance (max/mean)\n"
@@ -45,7 +46,8 @@ static void usage(FILE *f) {
 
 typedef struct {
     const char *model_dir, *prompt_text, *prompt_ids, *prompts_file, *moe, *dump_logits;
-    int n_new, ctx, step_tokens, threads, json, stats, verbose, chat, bind;
+    int n_new, ctx, step_tokens, threads, json, stats, verbose, chat;
+    bind_mode bind;
     float temp, top_p, drop;
     uint64_t seed;
 } options;
@@ -67,7 +69,7 @@ static float parse_float(const char *flag, const char *s, float lo, float hi) {
 
 static void parse_args(int argc, char **argv, options *o) {
     *o = (options){.model_dir = DEFAULT_MODEL, .n_new = 48, .step_tokens = 256, .temp = 0.0f,
-                   .top_p = 1.0f, .drop = 0.5f, .seed = 1234, .bind = 1};
+                   .top_p = 1.0f, .drop = 0.5f, .seed = 1234, .bind = BIND_CORES};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); exit(0); }
@@ -92,8 +94,7 @@ static void parse_args(int argc, char **argv, options *o) {
         else if (!strcmp(a, "--threads")) o->threads = parse_int(a, v, 1, 4096);
         else if (!strcmp(a, "--dump-logits")) o->dump_logits = v;
         else if (!strcmp(a, "--bind")) {
-            if (strcmp(v, "core") && strcmp(v, "none")) die("--bind %s: expected core or none", v);
-            o->bind = !strcmp(v, "core");
+            if (bind_mode_parse(v, &o->bind) != 0) die("--bind %s: expected cores or none", v);
         } else die("%s: unknown option (see --help)", a);
     }
     int sources = !!o->prompt_text + !!o->prompt_ids + !!o->prompts_file;
@@ -272,9 +273,9 @@ int main(int argc, char **argv) {
     llamoe_err err;
     double t_start = now_seconds();
 
-    char binding[256] = "";
-    int cores = topology_bind_rank(c, o.bind, binding, sizeof binding);
-    backend_cpu_set_threads(o.threads ? o.threads : cores);
+    rank_binding binding;
+    topology_bind_cpu(c->rank, c->size, c->local_rank, c->local_size, o.bind, &binding);
+    backend_cpu_set_threads(o.threads ? o.threads : binding.n_cores);
     const backend *be = backend_cpu();
 
     // Tokenizer (optional: --ids works without one).
@@ -336,7 +337,7 @@ int main(int argc, char **argv) {
     if (o.verbose) {
         char mb[64];
         fprintf(stderr, "llamoe: rank %d/%d: %s; moe %s; experts %d..%d of %d; expert weights %.1f MiB, other weights %.1f MiB, activations+KV %.1f MiB; %d sequence(s)\n",
-                c->rank, c->size, binding, moe_mode_str(&m.moe, mb, sizeof mb), m.first_expert,
+                c->rank, c->size, binding.desc, moe_mode_str(&m.moe, mb, sizeof mb), m.first_expert,
                 m.first_expert + m.n_local_experts - 1, m.moe.n_experts, m.expert_bytes / 1048576.0,
                 m.weight_bytes / 1048576.0, rs.bytes / 1048576.0, n_local);
     }
@@ -405,6 +406,11 @@ int main(int argc, char **argv) {
             die("gathering statistics failed");
     }
     double load_s = t_loaded - t_start;
+    // Peak resident memory of the largest rank (mmapped weight pages count once touched).
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double peak_rss_mb[1] = {ru.ru_maxrss / 1024.0};
+    if (c->allreduce_max_f64(c, peak_rss_mb, 1) != 0) die("gathering statistics failed");
 
     if (c->rank == 0) {
         int32_t **out_ids = xcalloc((size_t)n_prompts, sizeof(int32_t *));
@@ -453,6 +459,7 @@ int main(int argc, char **argv) {
             json_object_object_add(t, "decode_tokens", json_object_new_int64(gs.decode_tokens));
             json_object_object_add(t, "prefill_tok_s", json_object_new_double(gs.prefill_s > 0 ? gs.prefill_tokens / gs.prefill_s : 0));
             json_object_object_add(t, "decode_tok_s", json_object_new_double(gs.decode_s > 0 ? gs.decode_tokens / gs.decode_s : 0));
+            json_object_object_add(t, "peak_rss_mb_max_rank", json_object_new_double(peak_rss_mb[0]));
             json_object_object_add(root, "timings", t);
             if (m.moe.kind != MOE_DENSE) {
                 json_object_object_add(root, "bytes_sent", json_object_new_int64(traffic[0]));
@@ -484,10 +491,10 @@ int main(int argc, char **argv) {
                     printf("\n");
                 }
             }
-            fprintf(stderr, "llamoe: %s, %d rank(s), %d prompt(s): load %.2f s; prefill %lld tok %.1f tok/s; decode %lld tok %.1f tok/s\n",
+            fprintf(stderr, "llamoe: %s, %d rank(s), %d prompt(s): load %.2f s; prefill %lld tok %.1f tok/s; decode %lld tok %.1f tok/s; peak RSS %.0f MiB\n",
                     moe_mode_str(&m.moe, mb, sizeof mb), P, n_prompts, load_s, (long long)gs.prefill_tokens,
                     gs.prefill_s > 0 ? gs.prefill_tokens / gs.prefill_s : 0.0, (long long)gs.decode_tokens,
-                    gs.decode_s > 0 ? gs.decode_tokens / gs.decode_s : 0.0);
+                    gs.decode_s > 0 ? gs.decode_tokens / gs.decode_s : 0.0, peak_rss_mb[0]);
         }
         if (o.stats && m.moe.kind != MOE_DENSE) {
             FILE *f = o.json ? stderr : stdout;

@@ -68,6 +68,13 @@ static int get_bool(json_object *o, const char *path, const char *key, int *out,
     return 0;
 }
 
+// Strings from the file go into one-line messages only if they are printable.
+static const char *printable(const char *s) {
+    for (const char *p = s; *p; p++)
+        if ((unsigned char)*p < 0x20 || *p == 0x7f) return "?";
+    return s;
+}
+
 static json_object *parse_object(const char *path, const char *text, llamoe_err *err) {
     enum json_tokener_error e;
     json_object *root = json_tokener_parse_verbose(text, &e);
@@ -132,7 +139,7 @@ static int parse_rope_scaling(llama_config *c, json_object *root, const char *pa
     const char *type = json_object_get_string(t);
     if (!strcmp(type, "default")) return 0;
     if (strcmp(type, "llama3"))
-        return fail(err, "%s: rope_scaling.rope_type \"%.40s\" is not supported (llama3)", path, type);
+        return fail(err, "%s: rope_scaling.rope_type \"%.40s\" is not supported (llama3)", path, printable(type));
 
     char p[LLAMOE_ERR_LEN / 2];   // "config.json: rope_scaling" as the path of the nested fields
     snprintf(p, sizeof p, "%s: rope_scaling", path);
@@ -158,7 +165,7 @@ static int parse_fields(llama_config *c, json_object *root, const char *path, ll
     const char *type = json_object_get_string(mt);
     if (!strcmp(type, "mixtral")) c->is_mixtral = 1;
     else if (strcmp(type, "llama"))
-        return fail(err, "%s: model_type \"%.40s\" is not supported (llama, mixtral)", path, type);
+        return fail(err, "%s: model_type \"%.40s\" is not supported (llama, mixtral)", path, printable(type));
 
     if (get_int(root, path, "hidden_size", 1, 1, MAX_HIDDEN, &c->hidden_size, err) != 0 ||
         get_int(root, path, "intermediate_size", 1, 1, MAX_FFN, &c->intermediate_size, err) != 0 ||

@@ -107,7 +107,8 @@ static int parse_entry(const char *path, const char *name, json_object *entry, u
         return fail(err, "%s: tensor %s: dtype is not a string", path, name);
     const char *dt = json_object_get_string(v);
     if (dtype_parse(dt, &t->dtype) != 0)
-        return fail(err, "%s: tensor %s: dtype \"%.32s\" is not supported (F32, BF16, F16)", path, name, dt);
+        return fail(err, "%s: tensor %s: dtype \"%.32s\" is not supported (F32, BF16, F16)", path, name,
+                    name_ok(dt) ? dt : "?");
 
     if (!json_object_object_get_ex(entry, "shape", &v))
         return fail(err, "%s: tensor %s: shape missing", path, name);

@@ -41,9 +41,16 @@ void cpu_attention(float *out, const float *q, const float *k_cache, const float
             const float *qg = q + (size_t)i * q_dim + (size_t)g * group * head_dim;
             float *og = out + (size_t)i * q_dim + (size_t)g * group * head_dim;
 
-            for (int64_t p = 0; p < len; p++)
-                for (int h = 0; h < group; h++)
-                    score[h * len + p] = cpu_dot(qg + (size_t)h * head_dim, kb + (size_t)p * kv_dim, head_dim) * scale;
+            for (int64_t p = 0; p < len; p++) {
+                const float *k = kb + (size_t)p * kv_dim;
+                int h = 0;
+                for (; h + 4 <= group; h += 4) {
+                    float d[4];
+                    cpu_dot4(d, qg + (size_t)h * head_dim, head_dim, k, head_dim);
+                    for (int u = 0; u < 4; u++) score[(h + u) * len + p] = d[u] * scale;
+                }
+                for (; h < group; h++) score[h * len + p] = cpu_dot(qg + (size_t)h * head_dim, k, head_dim) * scale;
+            }
 
             for (int h = 0; h < group; h++) {
                 float *s = score + h * len, m = s[0];

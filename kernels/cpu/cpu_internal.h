@@ -29,10 +29,40 @@ static inline float v16_sum(v16 a) {
     return s[0] + s[1];
 }
 
-// The one dot product of the backend (attention scores, rmsnorm): lane l accumulates the
-// elements i with i % 16 == l in increasing i with fma, the tail is zero-padded, then
-// v16_sum. The matmul tile below uses the same scheme, so a dot is a dot everywhere.
-float cpu_dot(const float *a, const float *b, int64_t n);
+// The last m < 16 elements at p + c, zero-padded (0 * 0 adds nothing to a lane).
+static inline v16 v16_load_tail(const float *p, int64_t c, int64_t m) {
+    float t[LANES] = {0};
+    memcpy(t, p + c, (size_t)m * sizeof(float));
+    return v16_load(t);
+}
+
+// The one dot product of the backend (attention scores, rmsnorm, every matmul element):
+// lane l accumulates the elements i with i % 16 == l in increasing i with fma, the tail is
+// zero-padded, then v16_sum. Kernels that run several dots side by side (cpu_dot4, the
+// matmul tile) keep this scheme for each of them, so a dot is a dot everywhere.
+static inline float cpu_dot(const float *a, const float *b, int64_t n) {
+    v16 acc = {0};
+    int64_t c = 0;
+    for (; c + LANES <= n; c += LANES) acc += v16_load(a + c) * v16_load(b + c);
+    if (c < n) acc += v16_load_tail(a, c, n - c) * v16_load_tail(b, c, n - c);
+    return v16_sum(acc);
+}
+
+// Four dots of rows a, a + lda, a + 2 lda, a + 3 lda with b: four independent fma chains
+// that share the loads of b.
+static inline void cpu_dot4(float *res, const float *a, int64_t lda, const float *b, int64_t n) {
+    v16 acc[4] = {{0}, {0}, {0}, {0}};
+    int64_t c = 0;
+    for (; c + LANES <= n; c += LANES) {
+        v16 bv = v16_load(b + c);
+        for (int i = 0; i < 4; i++) acc[i] += v16_load(a + i * lda + c) * bv;
+    }
+    if (c < n) {
+        v16 bv = v16_load_tail(b, c, n - c);
+        for (int i = 0; i < 4; i++) acc[i] += v16_load_tail(a + i * lda, c, n - c) * bv;
+    }
+    for (int i = 0; i < 4; i++) res[i] = v16_sum(acc[i]);
+}
 
 // out[t * ldo + (r - r0)] = x[t * ldx, :] . w[r, :] for t < n and r0 <= r < r1, serial (the
 // caller parallelises over row ranges). Each element goes through cpu_dot's scheme, so the

@@ -55,7 +55,7 @@ void cpu_gather_rows(float *out, const float *x, const int32_t *rows, int n, int
 // phases: gate/up blocks (each item also applies silu(g) * u to its block), then down
 // blocks. Every element is a cpu_matmul_rows dot product, so results do not depend on how
 // many tokens each expert got, on threads or on the item order.
-#define FFN_ROW_CHUNK 32
+#define FFN_ROW_CHUNK 40
 
 typedef struct { int e; int64_t r0, r1; } ffn_item;
 

@@ -68,6 +68,7 @@ static int mpi_alltoallv(comm *c, const void *send, const size_t *send_bytes, co
         if (p == c->rank) continue;
         n_req += comm_n_chunks(send_bytes[p], m->chunk) + comm_n_chunks(recv_bytes[p], m->chunk);
     }
+    CHECK(n_req <= (size_t)INT_MAX);   // MPI_Waitall's count; only a tiny test chunk size gets near
     reserve_requests(m, n_req);
 
     size_t r = 0;

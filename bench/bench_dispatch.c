@@ -1,0 +1,146 @@
+// Dispatch + combine timing under mpirun -np P, nccl-tests style: one line per size, the same
+// columns every time. Tokens per rank 1 .. 256 (powers of two), d = 4096, E = 8, k = 2, uniform
+// seeded routing, the expert step replaced by ye = xe (no compute: this measures the exchange).
+//   mpirun -np 3 bench_dispatch [--d 4096] [--experts 8] [--k 2] [--max-tokens 256]
+//                               [--seconds 0.2] [--json FILE]
+// Columns: bytes each rank sent / received to other ranks per exchange (max over ranks),
+// dispatch and combine time (max over ranks of the mean), algbw = the bytes a rank moves
+// (dispatch + combine, its own share included, mean over ranks) / time, busbw = algbw (P-1)/P
+// as nccl-tests reports all-to-all, and #wrong: elements of y_pairs that differ from x after
+// one checked exchange (must be 0).
+#include "parallel/comm.h"
+#include "parallel/dispatch.h"
+
+#include <string.h>
+#include <unistd.h>
+
+static uint64_t rng_state = 1;
+static uint32_t rng(void) {
+    rng_state ^= rng_state >> 12; rng_state ^= rng_state << 25; rng_state ^= rng_state >> 27;
+    return (uint32_t)((rng_state * 0x2545F4914F6CDD1DULL) >> 32);
+}
+
+typedef struct {
+    int tokens;
+    double sent, recv, moved, dispatch_us, combine_us, total_us, algbw, busbw;
+    long long wrong;
+} bench_row;
+
+int main(int argc, char **argv) {
+    comm *c = comm_mpi_init(&argc, &argv);
+    int d = 4096, E = 8, k = 2, max_tokens = 256;
+    double seconds = 0.2;
+    const char *json = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (i + 1 < argc && !strcmp(argv[i], "--d")) d = atoi(argv[++i]);
+        else if (i + 1 < argc && !strcmp(argv[i], "--experts")) E = atoi(argv[++i]);
+        else if (i + 1 < argc && !strcmp(argv[i], "--k")) k = atoi(argv[++i]);
+        else if (i + 1 < argc && !strcmp(argv[i], "--max-tokens")) max_tokens = atoi(argv[++i]);
+        else if (i + 1 < argc && !strcmp(argv[i], "--seconds")) seconds = atof(argv[++i]);
+        else if (i + 1 < argc && !strcmp(argv[i], "--json")) json = argv[++i];
+        else die("bench_dispatch: unknown argument %s", argv[i]);
+    }
+    expert_placement p;
+    llamoe_err err = {{0}};
+    if (placement_init(&p, E, c->size, &err)) die("%s", err.msg);
+    if (k < 1 || k > E || d < 1 || max_tokens < 1) die("bench_dispatch: need 1 <= k <= E, d >= 1, max tokens >= 1");
+    moe_exchange *ex = moe_exchange_new(&p, c->rank, d);
+    float *x = xmalloc((size_t)max_tokens * d * sizeof(float));
+    float *y = xmalloc((size_t)max_tokens * k * d * sizeof(float));
+    int32_t *expert = xmalloc((size_t)max_tokens * k * sizeof(int32_t));
+    rng_state = 0x9E3779B97F4A7C15ULL ^ (uint64_t)(c->rank + 1) * 0xBF58476D1CE4E5B9ULL;
+    for (size_t i = 0; i < (size_t)max_tokens * d; i++) x[i] = (float)(rng() % 1000) / 999.0f;
+    for (int t = 0; t < max_tokens; t++) {       // k distinct experts, ascending
+        int32_t *e = expert + (size_t)t * k;
+        for (int j = 0; j < k; j++) {
+            int again;
+            do { e[j] = (int32_t)(rng() % (uint32_t)E); again = 0; for (int i = 0; i < j; i++) again |= e[i] == e[j]; } while (again);
+        }
+        for (int a = 1; a < k; a++)
+            for (int b = a; b > 0 && e[b] < e[b - 1]; b--) { int32_t tmp = e[b]; e[b] = e[b - 1]; e[b - 1] = tmp; }
+    }
+
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    if (c->rank == 0) {
+        printf("# bench_dispatch: np %d (%d on this node), %ld cores on the node%s, d %d, E %d, k %d, transport %s\n",
+               c->size, c->local_size, cores, c->local_size > cores ? " (oversubscribed: timings are not speed)" : "",
+               d, E, k, c->name);
+        printf("# %8s %12s %12s %12s %12s %12s %10s %10s %7s\n", "tokens", "sent_B", "recv_B", "dispatch_us",
+               "combine_us", "total_us", "algbw_GB/s", "busbw_GB/s", "#wrong");
+    }
+    bench_row rows[32];
+    int n_rows = 0;
+    for (int n = 1; n <= max_tokens && n_rows < 32; n *= 2, n_rows++) {
+        const float *xe;
+        const int64_t *off;
+        int64_t m;
+        double t_disp = 0, t_comb = 0;
+        // warm up (buffers grow here), then size the loop so a point takes about `seconds`
+        int iters = 3;
+        for (int phase = 0; phase < 2; phase++) {
+            t_disp = t_comb = 0;
+            c->barrier(c);
+            for (int it = 0; it < iters; it++) {
+                double t0 = now_seconds();
+                if (moe_dispatch(ex, c, x, n, expert, k, &xe, &off, &m, &err)) die("%s", err.msg);
+                double t1 = now_seconds();
+                if (moe_combine(ex, c, xe, y, &err)) die("%s", err.msg);
+                double t2 = now_seconds();
+                t_disp += t1 - t0;
+                t_comb += t2 - t1;
+            }
+            if (phase == 0) {
+                double per[1] = {(t_disp + t_comb) / iters};
+                c->allreduce_max_f64(c, per, 1);
+                int want = (int)(seconds / (per[0] > 1e-9 ? per[0] : 1e-9));
+                iters = want < 5 ? 5 : want > 2000 ? 2000 : want;
+            }
+        }
+        // check: with ye = xe every y_pairs row is its token's row
+        long long wrong = 0;
+        for (int t = 0; t < n; t++)
+            for (int j = 0; j < k; j++)
+                wrong += memcmp(y + ((size_t)t * k + j) * d, x + (size_t)t * d, (size_t)d * sizeof(float)) != 0;
+        moe_traffic tr;
+        moe_exchange_traffic(ex, &tr);
+        double mx[4] = {t_disp / iters, t_comb / iters, (double)tr.bytes_sent, (double)tr.bytes_recv};
+        c->allreduce_max_f64(c, mx, 4);
+        int64_t sums[2] = {(int64_t)(tr.bytes_sent + tr.bytes_local), wrong};
+        c->allreduce_sum_i64(c, sums, 2);
+        bench_row *r = &rows[n_rows];
+        r->tokens = n;
+        r->dispatch_us = mx[0] * 1e6;
+        r->combine_us = mx[1] * 1e6;
+        r->total_us = r->dispatch_us + r->combine_us;
+        r->sent = mx[2];
+        r->recv = mx[3];
+        r->moved = (double)sums[0] / c->size;
+        r->algbw = r->moved / (r->total_us * 1e-6) / 1e9;
+        r->busbw = r->algbw * (c->size - 1) / c->size;
+        r->wrong = sums[1];
+        if (c->rank == 0)
+            printf("  %8d %12.0f %12.0f %12.1f %12.1f %12.1f %10.3f %10.3f %7lld\n", n, r->sent, r->recv,
+                   r->dispatch_us, r->combine_us, r->total_us, r->algbw, r->busbw, r->wrong);
+    }
+    if (c->rank == 0 && json) {
+        FILE *f = fopen(json, "w");
+        if (!f) die("%s: cannot write", json);
+        fprintf(f, "{\"bench\": \"dispatch\", \"np\": %d, \"local_size\": %d, \"node_cores\": %ld, \"oversubscribed\": %s,\n"
+                   " \"d\": %d, \"experts\": %d, \"k\": %d, \"transport\": \"%s\",\n \"results\": [\n",
+                c->size, c->local_size, cores, c->local_size > cores ? "true" : "false", d, E, k, c->name);
+        for (int i = 0; i < n_rows; i++) {
+            bench_row *r = &rows[i];
+            fprintf(f, "  {\"tokens_per_rank\": %d, \"bytes_sent\": %.0f, \"bytes_recv\": %.0f, \"bytes_moved\": %.0f, "
+                       "\"dispatch_us\": %.2f, \"combine_us\": %.2f, \"total_us\": %.2f, \"algbw_gbs\": %.4f, "
+                       "\"busbw_gbs\": %.4f, \"wrong\": %lld}%s\n", r->tokens, r->sent, r->recv, r->moved,
+                    r->dispatch_us, r->combine_us, r->total_us, r->algbw, r->busbw, r->wrong, i + 1 < n_rows ? "," : "");
+        }
+        fprintf(f, " ]}\n");
+        fclose(f);
+    }
+    int64_t bad[1] = {n_rows ? rows[n_rows - 1].wrong : 0};
+    free(x); free(y); free(expert);
+    moe_exchange_free(ex);
+    comm_free(c);
+    return bad[0] ? 1 : 0;
+}

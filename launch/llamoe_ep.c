@@ -77,6 +77,11 @@ static void parse_args(int argc, char **argv, options *o) {
         if (!strcmp(a, "--stats")) { o->stats = 1; continue; }
         if (!strcmp(a, "--verbose")) { o->verbose = 1; continue; }
         if (!strcmp(a, "--chat")) { o->chat = 1; continue; }
+        static const char *const takes_value[] = {"-m", "-p", "--ids", "--prompts", "-n", "--temp", "--top-p",
+            "--seed", "--moe", "--drop", "--ctx", "--step-tokens", "--threads", "--dump-logits", "--bind", NULL};
+        int known = 0;
+        for (int j = 0; takes_value[j]; j++) known |= !strcmp(a, takes_value[j]);
+        if (!known) die("%s: unknown option (see --help)", a);
         if (i + 1 >= argc) die("%s: missing value (see --help)", a);
         const char *v = argv[++i];
         if (!strcmp(a, "-m")) o->model_dir = v;
@@ -95,7 +100,7 @@ static void parse_args(int argc, char **argv, options *o) {
         else if (!strcmp(a, "--dump-logits")) o->dump_logits = v;
         else if (!strcmp(a, "--bind")) {
             if (bind_mode_parse(v, &o->bind) != 0) die("--bind %s: expected cores or none", v);
-        } else die("%s: unknown option (see --help)", a);
+        }
     }
     int sources = !!o->prompt_text + !!o->prompt_ids + !!o->prompts_file;
     if (sources > 1) die("-p, --ids and --prompts are exclusive");
@@ -193,6 +198,7 @@ typedef struct {
 static void print_token(void *ctx, int32_t token) {
     stream_ctx *s = ctx;
     if (s->stream) {
+        if (tokenizer_is_special(s->tok, token)) return;   // BOS/EOS are not text
         size_t len;
         const char *bytes = tokenizer_stream_push(s->stream, token, &len);
         fwrite(bytes, 1, len, stdout);
@@ -353,12 +359,9 @@ int main(int argc, char **argv) {
         go.on_token = print_token;
         go.on_token_ctx = &sc;
         if (tok) {
-            char *text;
-            size_t len;
-            if (tokenizer_decode(tok, prompts[0].ids, prompts[0].n, &text, &len, &err) == 0) {
-                fwrite(text, 1, len, stdout);
-                free(text);
-            }
+            // The prompt goes through the stream too, so decoders that look at the start of
+            // the text (SentencePiece's leading-space strip) see the whole text.
+            for (int i = 0; i < prompts[0].n; i++) print_token(&sc, prompts[0].ids[i]);
         } else {
             printf("prompt ids:");
             for (int i = 0; i < prompts[0].n; i++) printf(" %d", prompts[0].ids[i]);
@@ -370,8 +373,9 @@ int main(int argc, char **argv) {
     gen_stats gs;
     if (generate(&m, &rs, c, seqs, n_local, &go, &gs, &err) != 0) die("%s", err.msg);
     if (streaming) {
-        size_t len;
-        if (sc.stream) fwrite(tokenizer_stream_flush(sc.stream, &len), 1, len, stdout);
+        size_t len = 0;
+        const char *rest = sc.stream ? tokenizer_stream_flush(sc.stream, &len) : "";
+        fwrite(rest, 1, len, stdout);
         printf("\n");
     }
     if (logits_file.f) atomic_commit(&logits_file);

@@ -174,7 +174,6 @@ comm *comm_mpi_init(int *argc, char ***argv) {
         int provided = 0;   // only the thread that called init talks MPI; OpenMP threads compute
         mpiCheck(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided));
     }
-    set_abort_handler(mpi_abort_handler);
 
     comm *c = xcalloc(1, sizeof *c);
     mpi_impl *m = xcalloc(1, sizeof *m);
@@ -193,7 +192,9 @@ comm *comm_mpi_init(int *argc, char ***argv) {
     mpiCheck(MPI_Comm_rank(node, &c->local_rank));
     mpiCheck(MPI_Comm_size(node, &c->local_size));
     mpiCheck(MPI_Comm_free(&node));
+    // One process needs no MPI_Abort: die() exits plainly, with one line and no MPI banner.
     if (c->size > 1) {
+        set_abort_handler(mpi_abort_handler);
         char prefix[32];
         snprintf(prefix, sizeof prefix, "rank %d: ", c->rank);
         set_error_prefix(prefix);

@@ -1,6 +1,7 @@
 // llamoe-ep: generate with a (MoE-ified) Llama, experts spread over the MPI ranks.
 //   mpirun -np 3 llamoe-ep [-m DIR] [-p TEXT | --ids 1,2,3 | --prompts FILE] [options]
 #include <ctype.h>
+#include <math.h>
 #include <errno.h>
 #include <json-c/json.h>
 #include <string.h>
@@ -416,6 +417,24 @@ int main(int argc, char **argv) {
     double peak_rss_mb[1] = {ru.ru_maxrss / 1024.0};
     if (c->allreduce_max_f64(c, peak_rss_mb, 1) != 0) die("gathering statistics failed");
 
+    // Per-rank breakdown of the step time and traffic: the largest rank sets the pace.
+    enum { B_ATTN, B_ROUTER, B_DISPATCH, B_EXPERTS, B_COMBINE, B_DENSE_FFN, B_LM_HEAD, B_OTHER, B_TOTAL,
+           B_SENT, B_RECV, B_EXPERT_MB, B_N };
+    static const char *const breakdown_names[B_N] = {"attention_s", "router_s", "dispatch_s", "experts_s",
+        "combine_s", "dense_ffn_s", "lm_head_s", "other_s", "forward_s", "bytes_sent", "bytes_recv", "expert_weights_mb"};
+    double moe_s = ms->t_router + ms->t_dispatch + ms->t_experts + ms->t_combine;
+    double mine_b[B_N] = {rs.time.attention, ms->t_router, ms->t_dispatch, ms->t_experts, ms->t_combine,
+                          m.moe.kind == MOE_DENSE ? rs.time.ffn : 0, rs.time.lm_head,
+                          rs.time.total - rs.time.attention - rs.time.ffn - rs.time.lm_head + (rs.time.ffn - moe_s) * (m.moe.kind != MOE_DENSE),
+                          rs.time.total, (double)ms->bytes_sent, (double)ms->bytes_recv, m.expert_bytes / 1048576.0};
+    double max_b[B_N], sum_b[B_N];
+    memcpy(max_b, mine_b, sizeof max_b);
+    if (c->allreduce_max_f64(c, max_b, B_N) != 0) die("gathering statistics failed");
+    int64_t sum_i[B_N];
+    for (int i = 0; i < B_N; i++) sum_i[i] = (int64_t)llround(mine_b[i] * 1e9);   // ns / bytes*1e9: exact enough
+    if (c->allreduce_sum_i64(c, sum_i, B_N) != 0) die("gathering statistics failed");
+    for (int i = 0; i < B_N; i++) sum_b[i] = sum_i[i] / 1e9;
+
     if (c->rank == 0) {
         int32_t **out_ids = xcalloc((size_t)n_prompts, sizeof(int32_t *));
         int *out_n = xcalloc((size_t)n_prompts, sizeof(int)), *out_stop = xcalloc((size_t)n_prompts, sizeof(int));
@@ -469,6 +488,13 @@ int main(int argc, char **argv) {
                 json_object_object_add(root, "bytes_sent", json_object_new_int64(traffic[0]));
                 json_object_object_add(root, "bytes_recv", json_object_new_int64(traffic[1]));
             }
+            json_object *bmax = json_object_new_object(), *bmean = json_object_new_object();
+            for (int i = 0; i < B_N; i++) {
+                json_object_object_add(bmax, breakdown_names[i], json_object_new_double(max_b[i]));
+                json_object_object_add(bmean, breakdown_names[i], json_object_new_double(sum_b[i] / P));
+            }
+            json_object_object_add(root, "per_rank_max", bmax);
+            json_object_object_add(root, "per_rank_mean", bmean);
             if (o.stats && m.moe.kind != MOE_DENSE) {
                 json_object *st = json_object_new_array();
                 for (int l = 0; l < L; l++) {

@@ -158,7 +158,7 @@ int main(int argc, char **argv) {
             json_object_array_add(list, r);
         }
         json_object_object_add(root, "rows", list);
-        if (json_object_to_file_ext(json_path, root, JSON_C_TO_STRING_PRETTY)) die("%s: cannot write", json_path);
+        if (json_object_to_file_ext(json_path, root, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE)) die("%s: cannot write", json_path);
         json_object_put(root);
     }
     free(ids); free(text); free(one); free(ends);

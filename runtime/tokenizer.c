@@ -422,12 +422,11 @@ static void init_byte_map(tokenizer *t) {
 }
 
 // ---------------------------------------------------------------------------- loading: model
-static int set_piece(loader *L, tokenizer *t, int32_t id, const char *s, size_t n) {
+static void set_piece(tokenizer *t, int32_t id, const char *s, size_t n) {
     t->piece_off[id] = t->pieces.len;
     t->piece_len[id] = (int32_t)n;
     bytes_put(&t->pieces, s, n);
     bytes_put(&t->pieces, "", 1);   // each piece NUL-terminated, for tokenizer_piece
-    return 0;
 }
 
 // Looks up the two halves of merge i and their concatenation.
@@ -526,7 +525,7 @@ static int load_model(loader *L, tokenizer *t, json_object *root, json_object *a
             return fail(L->err, "%s: model.vocab[\"%s\"]: id %d is also used by \"%.*s\"", L->path, key, id,
                         (int)t->piece_len[id], t->pieces.p + t->piece_off[id]);
         strmap_put(&t->vocab, key, n, id);
-        set_piece(L, t, id, key, n);
+        set_piece(t, id, key, n);
     }
     if (t->vocab.n == 0) return fail(L->err, "%s: model.vocab: empty", L->path);
 
@@ -574,7 +573,7 @@ static int load_added(loader *L, tokenizer *t, json_object *added) {
         if (lstrip || rstrip || single_word)
             return fail(L->err, "%s: %s: lstrip/rstrip/single_word are unsupported", L->path, where);
         t->added[t->n_added++] = (added_token){dup_bytes(s, len), len, (int32_t)id, special};
-        set_piece(L, t, (int32_t)id, s, len);
+        set_piece(t, (int32_t)id, s, len);
         t->is_special[id] = special;
     }
     qsort(t->added, t->n_added, sizeof *t->added, cmp_added);

@@ -1,5 +1,6 @@
 // llamoe-tokenize: check how a prompt tokenizes, or what ids say.
 //   llamoe-tokenize [-m DIR] [--no-special] TEXT     ids on one line, space separated
+//                                                     (TEXT "-" reads standard input)
 //   llamoe-tokenize [-m DIR] --decode ID...          the text
 // DIR holds tokenizer.json (default: the bundled stories260k model). Without --no-special the
 // post-processor adds BOS and special-token strings in TEXT become their ids; with it neither.
@@ -9,9 +10,26 @@
 #include <string.h>
 
 static _Noreturn void usage(void) {
-    fprintf(stderr, "usage: llamoe-tokenize [-m DIR] [--no-special] TEXT\n"
+    fprintf(stderr, "usage: llamoe-tokenize [-m DIR] [--no-special] TEXT|-\n"
                     "       llamoe-tokenize [-m DIR] --decode ID...\n");
     exit(2);
+}
+
+static char *read_stdin(size_t *len) {
+    size_t cap = 1 << 16, n = 0, got;
+    char *buf = xmalloc(cap);
+    while ((got = fread(buf + n, 1, cap - n - 1, stdin)) > 0) {
+        n += got;
+        if (cap - n - 1 == 0) {
+            cap *= 2;
+            buf = realloc(buf, cap);
+            if (!buf) die("out of memory reading standard input (%zu bytes)", cap);
+        }
+    }
+    if (ferror(stdin)) die("cannot read standard input");
+    buf[n] = 0;
+    *len = n;
+    return buf;
 }
 
 static int32_t parse_id(const char *s, int vocab_size) {
@@ -57,10 +75,12 @@ int main(int argc, char **argv) {
         free(text);
         free(ids);
     } else {
-        const char *text = argv[i];
+        size_t len = strlen(argv[i]);
+        char *text = !strcmp(argv[i], "-") ? read_stdin(&len) : xstrdup(argv[i]);
         int32_t *ids;
         int n;
-        if (tokenizer_encode(t, text, strlen(text), special, special, &ids, &n, &err)) die("%s", err.msg);
+        if (tokenizer_encode(t, text, len, special, special, &ids, &n, &err)) die("%s", err.msg);
+        free(text);
         for (int k = 0; k < n; k++) printf(k ? " %d" : "%d", ids[k]);
         putchar('\n');
         free(ids);

@@ -422,12 +422,11 @@ static void init_byte_map(tokenizer *t) {
 }
 
 // ---------------------------------------------------------------------------- loading: model
-static int set_piece(loader *L, tokenizer *t, int32_t id, const char *s, size_t n) {
+static void set_piece(tokenizer *t, int32_t id, const char *s, size_t n) {
     t->piece_off[id] = t->pieces.len;
     t->piece_len[id] = (int32_t)n;
     bytes_put(&t->pieces, s, n);
     bytes_put(&t->pieces, "", 1);   // each piece NUL-terminated, for tokenizer_piece
-    return 0;
 }
 
 // Looks up the two halves of merge i and their concatenation.
@@ -526,7 +525,7 @@ static int load_model(loader *L, tokenizer *t, json_object *root, json_object *a
             return fail(L->err, "%s: model.vocab[\"%s\"]: id %d is also used by \"%.*s\"", L->path, key, id,
                         (int)t->piece_len[id], t->pieces.p + t->piece_off[id]);
         strmap_put(&t->vocab, key, n, id);
-        set_piece(L, t, id, key, n);
+        set_piece(t, id, key, n);
     }
     if (t->vocab.n == 0) return fail(L->err, "%s: model.vocab: empty", L->path);
 
@@ -574,7 +573,7 @@ static int load_added(loader *L, tokenizer *t, json_object *added) {
         if (lstrip || rstrip || single_word)
             return fail(L->err, "%s: %s: lstrip/rstrip/single_word are unsupported", L->path, where);
         t->added[t->n_added++] = (added_token){dup_bytes(s, len), len, (int32_t)id, special};
-        set_piece(L, t, (int32_t)id, s, len);
+        set_piece(t, (int32_t)id, s, len);
         t->is_special[id] = special;
     }
     qsort(t->added, t->n_added, sizeof *t->added, cmp_added);
@@ -897,6 +896,7 @@ typedef struct {
     bpe_symbol *sym; size_t cap_sym;
     bpe_merge *heap; size_t n_heap, cap_heap;
     pcre2_match_data *md;
+    int regex_error;              // a PCRE2 error other than no-match (e.g. a resource limit)
     strmap cache;                 // piece -> index into cache_off/cache_n
     int32_t *cache_ids; size_t n_cache_ids, cap_cache_ids;
     size_t *cache_off, *cache_n; size_t cap_cache;
@@ -1089,7 +1089,8 @@ static void regex_split(encoder *e, const pcre2_code *re, bool removed, const ch
     size_t pos = 0, last = 0;
     while (pos < n) {
         int rc = pcre2_match(re, (PCRE2_SPTR)s, n, pos, PCRE2_NO_UTF_CHECK, e->md, NULL);
-        if (rc < 0) break;   // no match (or a match-limit error): the rest stays one piece
+        if (rc == PCRE2_ERROR_NOMATCH) break;
+        if (rc < 0) { e->regex_error = rc; break; }   // reported by tokenizer_encode
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(e->md);
         size_t ms = ov[0], me = ov[1];
         if (me == ms) {   // empty match: look again one character on
@@ -1215,6 +1216,12 @@ int tokenizer_encode(const tokenizer *t, const char *text, size_t len, int add_s
     free(e.sym); free(e.heap);
     strmap_free(&e.cache);
     free(e.cache_ids); free(e.cache_off); free(e.cache_n);
+    if (e.regex_error) {
+        PCRE2_UCHAR msg[256];
+        pcre2_get_error_message(e.regex_error, msg, sizeof msg);
+        free(e.ids);
+        return fail(err, "text: pre-tokenizer regex failed: %s", (char *)msg);
+    }
     if (e.n_ids > INT32_MAX) { free(e.ids); return fail(err, "text: too many tokens"); }
     *ids = e.ids ? e.ids : xmalloc(sizeof(int32_t));
     *n_ids = (int)e.n_ids;

@@ -34,6 +34,7 @@ expect "stories default model" "1 403 407 261 378" "$bin" "Once upon a time"
 expect "stories -m" "1 403 407 261 378" "$bin" -m "$stories" "Once upon a time"
 expect "stories --no-special" "403 407 261 378" "$bin" -m "$stories" --no-special "Once upon a time"
 expect "stories empty text" "1" "$bin" -m "$stories" ""
+expect "stories stdin" "1 403 407 261 378" bash -c "printf 'Once upon a time' | '$bin' -m '$stories' -"
 expect "stories byte fallback" "1 410 465 457 425 420 421 422 410 456 425 309" \
     bash -c "'$bin' -m '$stories' '“Curly quotes” and' | cut -d' ' -f1-12"
 expect "stories decode" "Once upon a time" "$bin" -m "$stories" --decode 403 407 261 378

@@ -114,6 +114,54 @@ static int check_stream(const tokenizer *t, const char *what, const int32_t *ids
 
 static bool has_special_marker(const char *text) { return strstr(text, "<|") || strstr(text, "<s>") || strstr(text, "</s>") || strstr(text, "<unk>"); }
 
+// ---------------------------------------------------------------------------- variants
+static char tmpdir[256];
+
+// Loads DIR/tokenizer.json after edit() has changed its JSON: the same model with another
+// pipeline, for components the bundled files do not use.
+static tokenizer *load_variant(const char *path, const char *name, void (*edit)(json_object *root)) {
+    json_object *root = json_object_from_file(path);
+    CHECK(root);
+    edit(root);
+    char out[512];
+    snprintf(out, sizeof out, "%s/%s.json", tmpdir, name);
+    CHECK(json_object_to_file(out, root) == 0);
+    json_object_put(root);
+    llamoe_err err = {{0}};
+    tokenizer *t = tokenizer_load(out, &err);
+    check(t != NULL, "variant %s: %s", name, err.msg);
+    unlink(out);
+    return t;
+}
+
+// Llama 2 as newer transformers writes it: no normalizer, a Metaspace pre-tokenizer that
+// prepends "▁" to the start of the text only, and a Metaspace decoder.
+static void to_metaspace(json_object *root) {
+    json_object_object_add(root, "normalizer", NULL);
+    json_object *pre = json_tokener_parse("{\"type\": \"Metaspace\", \"replacement\": \"\u2581\", \"prepend_scheme\": \"first\", \"split\": false}");
+    json_object_object_add(root, "pre_tokenizer", pre);
+    json_object *dec = json_tokener_parse("{\"type\": \"Sequence\", \"decoders\": [{\"type\": \"ByteFallback\"}, {\"type\": \"Fuse\"}, "
+                                          "{\"type\": \"Metaspace\", \"replacement\": \"\u2581\", \"prepend_scheme\": \"first\", \"split\": false}]}");
+    json_object_object_add(root, "decoder", dec);
+}
+
+// GPT-2 style: ByteLevel with its own regex instead of Split, and merges as [a, b] pairs.
+static void to_gpt2(json_object *root) {
+    json_object *pre = json_tokener_parse("{\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"use_regex\": true}");
+    json_object_object_add(root, "pre_tokenizer", pre);
+    json_object *model, *merges;
+    json_object_object_get_ex(root, "model", &model);
+    json_object_object_get_ex(model, "merges", &merges);
+    for (size_t i = 0; i < json_object_array_length(merges); i++) {
+        const char *m = json_object_get_string(json_object_array_get_idx(merges, i));
+        const char *sp = strchr(m, ' ');
+        json_object *pair = json_object_new_array();
+        json_object_array_add(pair, json_object_new_string_len(m, (int)(sp - m)));
+        json_object_array_add(pair, json_object_new_string(sp + 1));
+        json_object_array_put_idx(merges, i, pair);
+    }
+}
+
 // ---------------------------------------------------------------------------- Llama 3
 static void test_llama3(const char *dir) {
     char path[1200], cases_path[1200];
@@ -184,6 +232,22 @@ static void test_llama3(const char *dir) {
     const char *p = tokenizer_stream_push(s, byte_ids[3], &len);
     check(held_back && p && len == 4 && !memcmp(p, emoji, 4), "llama3: byte tokens of U+1F999 not streamed as one character");
     tokenizer_stream_free(s);
+
+    // GPT-2 ByteLevel regex + pair-form merges: same ids where both regexes split alike.
+    tokenizer *g = load_variant(path, "gpt2", to_gpt2);
+    if (g) {
+        const char *fox = "The quick brown fox jumps over the lazy dog.";
+        json_object *v;
+        json_object_object_get_ex(json_object_array_get_idx(cases, 1), "text", &v);
+        if (check(!strcmp(json_object_get_string(v), fox), "llama3: cases.json[1] is not the fox")) {
+            json_object_object_get_ex(json_object_array_get_idx(cases, 1), "ids_no_special", &v);
+            int32_t *want = json_ids(v, &n);
+            check_encode(g, "llama3 gpt2-regex", fox, strlen(fox), 0, 0, want, n);
+            check_decode(g, "llama3 gpt2-regex round trip", want, n, fox, strlen(fox));
+            free(want);
+        }
+        tokenizer_free(g);
+    }
 
     json_object_put(cases);
     tokenizer_free(t);
@@ -271,12 +335,30 @@ static void test_stories(const char *src) {
     int32_t lone[1] = {tokenizer_token_id(t, "<0xE2>")};
     check_decode(t, "stories lone byte", lone, 1, "\xEF\xBF\xBD", 3);
 
+    // The Metaspace form of the same tokenizer gives the same ids and text.
+    tokenizer *m = load_variant(path, "metaspace", to_metaspace);
+    for (size_t c = 0; m && c < n_cases; c++) {
+        json_object *cs = json_object_array_get_idx(cases, c), *v;
+        json_object_object_get_ex(cs, "text", &v);
+        const char *text = json_object_get_string(v);
+        size_t tl = (size_t)json_object_get_string_len(v);
+        json_object_object_get_ex(cs, "ids", &v);
+        int32_t *want = json_ids(v, &n);
+        check_encode(m, "stories metaspace", text, tl, 1, 1, want, n);
+        check_decode(m, "stories metaspace round trip", want + 1, n - 1, text, tl);
+        check_stream(m, "stories metaspace stream", want + 1, n - 1);
+        free(want);
+    }
+    // "first": after a special token the text gets no "▁"; the Prepend normalizer gives one.
+    int32_t want_first[3] = {1, tokenizer_token_id(t, "h"), tokenizer_token_id(t, "i")};
+    if (m) check_encode(m, "stories metaspace after special", "<s>hi", 5, 0, 1, want_first, 3);
+    tokenizer_free(m);
+
     json_object_put(root);
     tokenizer_free(t);
 }
 
 // ---------------------------------------------------------------------------- bad files
-static char tmpdir[256];
 
 static void expect_load_error(const char *name, const char *content, size_t len, const char *want) {
     char path[512];
@@ -296,8 +378,6 @@ static void expect_load_error(const char *name, const char *content, size_t len,
 #define BAD(name, json, want) expect_load_error(name, json, sizeof json - 1, want)
 
 static void test_bad_files(const char *src) {
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/test_tokenizer.XXXXXX");
-    CHECK(mkdtemp(tmpdir));
     BAD("empty", "", "invalid JSON");
     BAD("malformed", "{\"model\": {\"type\": \"BPE\",", "invalid JSON");
     BAD("garbage", "{} trailing", "invalid JSON");
@@ -354,11 +434,12 @@ static void test_bad_files(const char *src) {
     }
     check(cuts_ok == n_cuts, "truncated tokenizer.json: %d of %d cuts gave a clean error", cuts_ok, n_cuts);
     free(full);
-    rmdir(tmpdir);
 }
 
 int main(int argc, char **argv) {
     const char *src = argc > 1 ? argv[1] : LLAMOE_SOURCE_DIR;
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/test_tokenizer.XXXXXX");
+    CHECK(mkdtemp(tmpdir));
     test_stories(src);
     test_bad_files(src);
     char buf[1024];
@@ -368,6 +449,7 @@ int main(int argc, char **argv) {
         n_skipped++;
         printf("llama3: SKIPPED: no tokenizer.json in models/llama3-tokenizer, $LLAMOE_LLAMA3_TOKENIZER or ../shared/models\n");
     }
+    rmdir(tmpdir);
     printf("tokenizer: %d passed, %d failed, %d skipped\n", n_passed, n_failed, n_skipped);
     return n_failed ? 1 : 0;
 }

@@ -308,6 +308,11 @@ int main(int argc, char **argv) {
     if (mode_arg) { mode.drop = o.drop; mode.seed = o.seed; }
     model m;
     if (model_load(&m, o.model_dir, mode_arg, be, c->rank, c->size, &err) != 0) die("%s", err.msg);
+    // A chat turn ends with <|eot_id|>, which base configs do not list as an eos id.
+    if (o.chat && tok) {
+        int eot = tokenizer_token_id(tok, "<|eot_id|>");
+        if (eot >= 0 && !config_is_eos(&m.cfg, eot) && m.cfg.n_eos < CONFIG_MAX_EOS) m.cfg.eos_ids[m.cfg.n_eos++] = eot;
+    }
     if (c->rank == 0 && !o.json) prefault_weights(&m.st, isatty(2) && st_total_bytes(&m.st) > (256u << 20));
     double t_loaded = now_seconds();
 

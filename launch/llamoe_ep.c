@@ -348,8 +348,8 @@ int main(int argc, char **argv) {
     run_state_init(&rs, &m, o.step_tokens, n_local ? n_local : 1, ctx);
     if (o.verbose) {
         char mb[64];
-        fprintf(stderr, "llamoe: rank %d/%d: %s; moe %s; experts %d..%d of %d; expert weights %.1f MiB, other weights %.1f MiB, activations+KV %.1f MiB; %d sequence(s)\n",
-                c->rank, c->size, binding.desc, moe_mode_str(&m.moe, mb, sizeof mb), m.first_expert,
+        fprintf(stderr, "llamoe: %s; moe %s; experts %d..%d of %d; expert weights %.1f MiB, other weights %.1f MiB, activations+KV %.1f MiB; %d sequence(s)\n",
+                binding.desc, moe_mode_str(&m.moe, mb, sizeof mb), m.first_expert,
                 m.first_expert + m.n_local_experts - 1, m.moe.n_experts, m.expert_bytes / 1048576.0,
                 m.weight_bytes / 1048576.0, rs.bytes / 1048576.0, n_local);
     }

@@ -248,7 +248,7 @@ static void atomic_commit(atomic_file *a) {
 
 // Touches every page of the checkpoint so that the load happens here, with progress on a
 // terminal, instead of as page faults in the first step.
-static void prefault_weights(const st_set *st, int show) {
+static void prefault_weights(const st_set *st) {
     size_t total = 0, done = 0, page = (size_t)sysconf(_SC_PAGESIZE);
     for (int f = 0; f < st->n_files; f++) total += st->files[f].size;
     double t0 = now_seconds(), last = 0;
@@ -261,14 +261,14 @@ static void prefault_weights(const st_set *st, int show) {
             sink ^= p[off];
             done += page < size - off ? page : size - off;
             double t = now_seconds();
-            if (show && t - last > 0.2) {
+            if (t - last > 0.2) {
                 last = t;
                 fprintf(stderr, "\rloading %.1f / %.1f GB (%.0f MB/s)", done / 1e9, total / 1e9,
                         done / 1e6 / (t - t0 + 1e-9));
             }
         }
     }
-    if (show) fprintf(stderr, "\rloaded %.1f GB in %.1f s%30s\n", total / 1e9, now_seconds() - t0, "");
+    fprintf(stderr, "\rloaded %.1f GB in %.1f s%30s\n", total / 1e9, now_seconds() - t0, "");
     (void)sink;
 }
 
@@ -313,7 +313,9 @@ int main(int argc, char **argv) {
         int eot = tokenizer_token_id(tok, "<|eot_id|>");
         if (eot >= 0 && !config_is_eos(&m.cfg, eot) && m.cfg.n_eos < CONFIG_MAX_EOS) m.cfg.eos_ids[m.cfg.n_eos++] = eot;
     }
-    if (c->rank == 0 && !o.json) prefault_weights(&m.st, isatty(2) && st_total_bytes(&m.st) > (256u << 20));
+    // On a terminal, a large checkpoint is read here with progress rather than as page faults
+    // in the first step (rank 0 only: other ranks touch only what they use).
+    if (c->rank == 0 && !o.json && isatty(2) && st_total_bytes(&m.st) > (64u << 20)) prefault_weights(&m.st);
     double t_loaded = now_seconds();
 
     // Prompts: all ranks read them; sequence i lives on rank i % P.

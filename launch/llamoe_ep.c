@@ -34,7 +34,8 @@ static void usage(FILE *f) {
         "                    (default on a dense checkpoint: upcycle:8:2; a Mixtral checkpoint\n"
         "                    uses its own experts)\n"
         "  --drop R          production mode: fraction of neurons re-initialised (default 0.5)\n"
-        "  --ctx N           KV cache length per sequence (default min(max_position_embeddings, 4096))\n"
+        "  --ctx N           KV cache length per sequence (default: longest prompt + n, at most\n"
+        "                    max_position_embeddings)\n"
         "  --step-tokens N   most tokens per forward step (prefill chunk, default 256)\n"
         "  --threads N       CPU threads per rank (default: the cores bound to the rank)\n"
         "  --bind cores|none bind ranks to cores with hwloc (default cores)\n"
@@ -330,7 +331,15 @@ int main(int argc, char **argv) {
             encode_text(tok, o.prompt_text ? o.prompt_text : DEFAULT_PROMPT, o.chat, &prompts[0], "-p");
         }
     }
-    int ctx = o.ctx ? o.ctx : (m.cfg.max_position_embeddings < 4096 ? m.cfg.max_position_embeddings : 4096);
+    // The KV cache holds what the longest prompt needs, not max_position_embeddings (131072
+    // positions of the 8B would be 16 GB per sequence).
+    int ctx = o.ctx;
+    if (!ctx) {
+        int64_t need = 0;
+        for (int i = 0; i < n_prompts; i++) need = prompts[i].n > need ? prompts[i].n : need;
+        need += o.n_new;
+        ctx = need < m.cfg.max_position_embeddings ? (int)need : m.cfg.max_position_embeddings;
+    }
     for (int i = 0; i < n_prompts; i++) {
         if (sequence_check(&m, ctx, prompts[i].ids, prompts[i].n, &err) != 0) {
             if (n_prompts > 1) die("prompt %d: %s", i + 1, err.msg);
@@ -385,6 +394,7 @@ int main(int argc, char **argv) {
         const char *rest = sc.stream ? tokenizer_stream_flush(sc.stream, &len) : "";
         fwrite(rest, 1, len, stdout);
         printf("\n");
+        fflush(stdout);
     }
     if (logits_file.f) atomic_commit(&logits_file);
 

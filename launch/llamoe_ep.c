@@ -482,7 +482,10 @@ int main(int argc, char **argv) {
             json_object_object_add(root, "backend", json_object_new_string(be->name));
             json_object_object_add(root, "transport", json_object_new_string(c->name));
 #ifdef LLAMOE_CUDA
-            if (be->device_memory) json_object_object_add(root, "device", json_object_new_string(cuda_device_description()));
+            if (be->device_memory) {
+                json_object_object_add(root, "device", json_object_new_string(cuda_device_description()));
+                json_object_object_add(root, "device_peak_bandwidth_gbs", json_object_new_double(cuda_device_peak_bandwidth() / 1e9));
+            }
 #endif
             json_object *results = json_object_new_array();
             for (int i = 0; i < n_prompts; i++) {

@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034
 # Sourced by bench/gpu_check.sh: makes Open MPI, hwloc, json-c, pcre2 and pkg-config usable.
 # If the machine has them (mpicc, mpirun, and pkg-config finding json-c, libpcre2-8, hwloc),
 # nothing changes. Otherwise the Debian packages in gpu-debs/ (bench/fetch_gpu_debs.sh) are

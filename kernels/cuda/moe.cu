@@ -142,6 +142,10 @@ static void expert_lt(float *out, const float *x, int64_t ne, const weight_t *w1
     lt_gemm(out, d, h, ff, w2, ne);
 }
 
+// Each expert's slice of the hidden activations starts at a 16-byte boundary, so whether the
+// down projection may use 16-byte loads depends on the expert's own shape only.
+static size_t h_slice(int64_t nt, int64_t ff) { return ((size_t)nt * (size_t)ff + 3) / 4 * 4; }
+
 void cuda_expert_ffn(float *out, const float *x, const int64_t *offsets, const expert_set *ex) {
     int E = ex->n_experts;
     if (E <= 0 || offsets[E] <= offsets[0]) return;
@@ -156,7 +160,7 @@ void cuda_expert_ffn(float *out, const float *x, const int64_t *offsets, const e
         CHECK(ex->w1[e].cols == d && ex->w3[e].cols == d && ex->w3[e].rows == ff);
         CHECK(ex->w2[e].rows == d && ex->w2[e].cols == ff);
         CHECK(ex->w1[e].dtype == dt && ex->w3[e].dtype == dt && ex->w2[e].dtype == dt);
-        if (ne > 0 && ne <= small_max) h_total += (size_t)(ne < GEMV_MAX_TOKENS ? ne : GEMV_MAX_TOKENS) * (size_t)ff;
+        if (ne > 0 && ne <= small_max) h_total += h_slice((ne < GEMV_MAX_TOKENS ? ne : GEMV_MAX_TOKENS), ff);
     }
 
     // Small experts: gate+up jobs, then down jobs, token chunks of at most GEMV_MAX_TOKENS.
@@ -196,7 +200,7 @@ void cuda_expert_ffn(float *out, const float *x, const int64_t *offsets, const e
             u->rows = ff; u->cols = d; u->x = xe; u->ldx = d; u->out = h + h_at; u->ldo = ff; u->n = nt;
             dn->w = ex->w2[e].data; dn->ld = ex->w2[e].ld; dn->rows = d; dn->cols = ff;
             dn->x = h + h_at; dn->ldx = ff; dn->out = oe; dn->ldo = d; dn->n = nt;
-            h_at += (size_t)nt * (size_t)ff;
+            h_at += h_slice(nt, ff);
         }
         gemv_run(up, n_up, dt, 1);
         gemv_run(down, n_down, dt, 0);

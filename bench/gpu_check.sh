@@ -20,8 +20,9 @@
 #
 #   bench/gpu_check.sh [OUT_DIR] [--cpu-only] [--layers N] [--budget S] [--force-debs]
 #     OUT_DIR      default $OUT (the device tool sets it), else ./gpu-check-out
-#     --cpu-only   no GPU here: build (compile-only CUDA), deps, the CPU-side steps; GPU steps
-#                  are recorded as skipped (what a machine without a GPU can test of this)
+#     --cpu-only   no GPU here: deps, build (CUDA compiled, not run), and the plumbing of the
+#                  llamoe-ep steps (expected_ep, ranks, hf, perf8b on a tiny model) with
+#                  --backend cpu; GPU-only steps are recorded as skipped
 #     --layers N   layers of the 8B-shaped model (default 32; fewer saves time)
 #     --budget S   seconds for the whole run (default 470)
 #     --force-debs use gpu-debs/ even if the machine has MPI etc. (to test that path)
@@ -88,7 +89,9 @@ export -f needs_gpu
 HAVE_GPU=0
 if [ "$CPU_ONLY" = 0 ] && nvidia-smi -L > /dev/null 2>&1; then HAVE_GPU=1; fi
 [ "$CPU_ONLY" = 0 ] && [ "$HAVE_GPU" = 0 ] && { echo "gpu_check: nvidia-smi sees no GPU: running as --cpu-only"; CPU_ONLY=1; }
-export CPU_ONLY
+BACKEND=cuda
+[ "$CPU_ONLY" = 1 ] && BACKEND=cpu
+export CPU_ONLY BACKEND
 ARCH=90
 if [ "$HAVE_GPU" = 1 ]; then
   cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2> /dev/null | head -1 | tr -d ' .')
@@ -148,22 +151,26 @@ export -f build_fn
 step build 360 build_fn
 
 # The 8B-shaped model, in the background (CPU and disk only).
-M8B=$WORK/llama8b_L$LAYERS
+PRESET=llama3.1-8b PREFILL=2048
+[ "$CPU_ONLY" = 1 ] && PRESET=tiny PREFILL=128   # plumbing only
+M8B=$WORK/${PRESET}_L$LAYERS
 MKLOG=$WORK/mkmodel.log
-if [ "$CPU_ONLY" = 0 ] && [ -x "$BUILD/llamoe-mkmodel" ] && [ ! -f "$M8B/config.json" ]; then
-  echo "=== [$(elapsed) s] mkmodel: llama3.1-8b BF16, $LAYERS layers -> $M8B (background)"
-  ( s=$(date +%s); "$BUILD/llamoe-mkmodel" -o "$M8B" --preset llama3.1-8b --dtype BF16 --layers "$LAYERS" --force > "$MKLOG" 2>&1;
+rm -f "$MKLOG"
+if [ -x "$BUILD/llamoe-mkmodel" ] && [ ! -f "$M8B/config.json" ]; then
+  echo "=== [$(elapsed) s] mkmodel: $PRESET BF16, $LAYERS layers -> $M8B (background)"
+  ( s=$(date +%s); "$BUILD/llamoe-mkmodel" -o "$M8B" --preset "$PRESET" --dtype BF16 --layers "$LAYERS" --force > "$MKLOG" 2>&1;
     echo "rc=$? seconds=$(( $(date +%s) - s ))" >> "$MKLOG" ) &
   MK_PID=$!
+elif [ -f "$M8B/config.json" ]; then
+  echo "rc=0 (kept from an earlier run)" > "$MKLOG"
 fi
-export M8B MKLOG
+export M8B MKLOG PREFILL
 
 # ---------------------------------------------------------------------------- the checks
 ops_fn() { needs_gpu; "$BUILD/test_ops_cuda" "$SRC" --json "$WORK/ops_cuda.json"; }
 expected_cuda_fn() { needs_gpu; "$BUILD/test_expected_cuda" "$SRC"; }
 expected_ep_fn() {
-  needs_gpu
-  $PY "$SRC/bench/gpu_check_tools.py" expected --ep "$BUILD/llamoe-ep" --src "$SRC" --launcher "$MPIRUN -np 1" \
+  $PY "$SRC/bench/gpu_check_tools.py" expected --ep "$BUILD/llamoe-ep" --src "$SRC" --launcher "$MPIRUN -np 1" --backend "$BACKEND" \
     --modes dense,identity:8,upcycle:8:2 --json "$WORK/expected_ep.json"
 }
 backends_fn() {
@@ -172,8 +179,7 @@ backends_fn() {
     --modes dense,upcycle:8:2 -n 24 --step 64 --json "$WORK/backends.json"
 }
 ranks_fn() {
-  needs_gpu
-  $PY "$SRC/bench/gpu_check_tools.py" ranks --ep "$BUILD/llamoe-ep" --src "$SRC" --work "$WORK" --mpirun "$MPIRUN" --np 3 \
+  $PY "$SRC/bench/gpu_check_tools.py" ranks --ep "$BUILD/llamoe-ep" --src "$SRC" --work "$WORK" --mpirun "$MPIRUN" --np 3 --backend "$BACKEND" \
     --transport mpi --modes upcycle:8:2,identity:8 -n 24 --json "$WORK/ranks.json"
 }
 comm_fn() {
@@ -191,13 +197,11 @@ nccl_ep_fn() {
     --transport nccl --modes upcycle:8:2 --json "$WORK/nccl_ep.json"
 }
 hf_fn() {
-  needs_gpu
   $PY "$SRC/bench/hf_crosscheck.py" --build "$BUILD" --model "$SRC/models/stories260k" --work "$WORK/hf" \
-    --json "$WORK/hf_crosscheck.json" --backend cuda -n 16
+    --json "$WORK/hf_crosscheck.json" --backend "$BACKEND" -n 16
 }
 gemm_fn() { needs_gpu; "$BUILD/bench_grouped_gemm" --json "$WORK/grouped_gemm.json"; }
 perf8b_fn() {
-  needs_gpu
   local deadline=$(( $(date +%s) + 200 ))
   while ! grep -q '^rc=' "$MKLOG" 2> /dev/null; do
     [ "$(date +%s)" -gt "$deadline" ] && { echo "mkmodel did not finish"; return 1; }
@@ -207,8 +211,8 @@ perf8b_fn() {
   grep -q '^rc=0' "$MKLOG" || return 1
   local modes=dense,identity:8
   [ "$LAYERS" -le 16 ] && modes=$modes,upcycle:8:2   # 8 copies of the FFN: 32 layers do not fit 80 GB
-  $PY "$SRC/bench/gpu_check_tools.py" perf8b --ep "$BUILD/llamoe-ep" --model "$M8B" --work "$WORK" \
-    --launcher "$MPIRUN -np 1" --modes "$modes" -n 64 --prefill 2048 --json "$WORK/perf8b.json"
+  $PY "$SRC/bench/gpu_check_tools.py" perf8b --ep "$BUILD/llamoe-ep" --model "$M8B" --work "$WORK" --backend "$BACKEND" \
+    --launcher "$MPIRUN -np 1" --modes "$modes" -n 64 --prefill "$PREFILL" --json "$WORK/perf8b.json"
 }
 export -f ops_fn expected_cuda_fn expected_ep_fn backends_fn ranks_fn comm_fn nccl_ep_fn hf_fn gemm_fn perf8b_fn
 export PY
@@ -233,5 +237,6 @@ fi
 # ---------------------------------------------------------------------------- summary
 $PY "$SRC/bench/gpu_check_tools.py" summary --steps "$STEPS" --work "$WORK" --out "$OUT_DIR/summary.json"
 echo "=== gpu_check done in $(elapsed) s"
-python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); [print(f"  {x[\"step\"]:14s} {x[\"status\"]:8s} {x[\"seconds\"]:4d} s {x[\"note\"]}") for x in s["steps"]]' "$OUT_DIR/summary.json"
+python3 -c 'import json,sys
+for x in json.load(open(sys.argv[1]))["steps"]: print("  %-14s %-8s %4d s %s" % (x["step"], x["status"], x["seconds"], x["note"]))' "$OUT_DIR/summary.json"
 exit 0

@@ -108,7 +108,7 @@ def cmd_backends(a):
 # ---------------------------------------------------------------------------- ranks
 def cmd_ranks(a):
     model = a.model or os.path.join(a.src, "models/stories260k")
-    out = {"model": model, "transport": a.transport, "ranks": a.np, "runs": []}
+    out = {"model": model, "backend": a.backend, "transport": a.transport, "ranks": a.np, "runs": []}
     ok = True
     for mode in a.modes.split(","):
         r = {"mode": mode}
@@ -116,7 +116,7 @@ def cmd_ranks(a):
             res = {}
             for np_ in (1, a.np):
                 dump = os.path.join(a.work, f"ranks{np_}_{a.transport}_{mode.replace(':', '_')}.f32")
-                j, dt = ep([a.ep, "-m", model, "--moe", mode, "--backend", "cuda", "--transport", a.transport,
+                j, dt = ep([a.ep, "-m", model, "--moe", mode, "--backend", a.backend, "--transport", a.transport,
                             "--ids", ids_str(LONG_PROMPT[:24]), "-n", str(a.n), "--dump-logits", dump],
                            f"{a.mpirun} -np {np_}")
                 res[np_] = (j["generated_ids"], open(dump, "rb").read(), read_f32(dump), dt)
@@ -160,10 +160,11 @@ def cmd_perf8b(a):
     total, embed = safetensors_bytes(a.model)
     tied = cfg.get("tie_word_embeddings", False)
     read_per_token = total - (0 if tied else embed)   # tied: the table is the LM head, read once
-    out = {"model": a.model, "layers": cfg["num_hidden_layers"], "weight_bytes": total,
+    out = {"model": a.model, "backend": a.backend, "layers": cfg["num_hidden_layers"], "weight_bytes": total,
            "weight_bytes_read_per_token": read_per_token, "modes": []}
     prompt_file = os.path.join(a.work, "prompt2048.txt")
-    long_ids = [128000] + [(i * 7919) % 128000 + 100 for i in range(a.prefill - 1)]
+    V = cfg["vocab_size"]
+    long_ids = [cfg.get("bos_token_id", 1) or 1] + [(i * 7919) % (V - 100) + 50 for i in range(a.prefill - 1)]
     open(prompt_file, "w").write(ids_str(long_ids) + "\n")
     short_ids = long_ids[:16]
     dense_ids = None
@@ -171,7 +172,7 @@ def cmd_perf8b(a):
     for mode in a.modes.split(","):
         r = {"mode": mode}
         try:
-            j, dt = ep([a.ep, "-m", a.model, "--moe", mode, "--backend", "cuda", "--ids", ids_str(short_ids), "-n", str(a.n),
+            j, dt = ep([a.ep, "-m", a.model, "--moe", mode, "--backend", a.backend, "--ids", ids_str(short_ids), "-n", str(a.n),
                         "--step-tokens", "64", "--ctx", str(a.prefill + 64)], a.launcher, timeout=a.timeout)
             t = j["timings"]
             bw = j.get("device_peak_bandwidth_gbs", 0) * 1e9
@@ -182,7 +183,7 @@ def cmd_perf8b(a):
                 r["bound_ms_per_token"] = read_per_token / bw * 1000
                 if r["decode_ms_per_token"]:
                     r["decode_vs_bound"] = r["decode_ms_per_token"] / r["bound_ms_per_token"]
-            j2, dt2 = ep([a.ep, "-m", a.model, "--moe", mode, "--backend", "cuda", "--prompts", prompt_file, "-n", "1",
+            j2, dt2 = ep([a.ep, "-m", a.model, "--moe", mode, "--backend", a.backend, "--prompts", prompt_file, "-n", "1",
                           "--step-tokens", str(a.prefill), "--ctx", str(a.prefill + 64)], a.launcher, timeout=a.timeout)
             t2 = j2["timings"]
             r.update(prefill_tokens=t2["prefill_tokens"], prefill_tok_s=t2["prefill_tok_s"], prefill_run_s=round(dt2, 2))

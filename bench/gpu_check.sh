@@ -18,24 +18,26 @@
 # Results: OUT_DIR/summary.json (every step: status, seconds, and each step's JSON) and
 # OUT_DIR/gpu_check.log (the whole output). The whole run keeps within --budget seconds.
 #
-#   bench/gpu_check.sh [OUT_DIR] [--cpu-only] [--layers N] [--budget S] [--force-debs]
+#   bench/gpu_check.sh [OUT_DIR] [--cpu-only] [--layers N] [--budget S] [--steps A,B] [--force-debs]
 #     OUT_DIR      default $OUT (the device tool sets it), else ./gpu-check-out
 #     --cpu-only   no GPU here: deps, build (CUDA compiled, not run), and the plumbing of the
 #                  llamoe-ep steps (expected_ep, ranks, hf, perf8b on a tiny model) with
 #                  --backend cpu; GPU-only steps are recorded as skipped
 #     --layers N   layers of the 8B-shaped model (default 32; fewer saves time)
-#     --budget S   seconds for the whole run (default 470)
+#     --budget S   seconds for the whole run (default 420: a rerun still fits a 15-minute lease)
+#     --steps A,B  run only these checks (the build always runs), e.g. for a rerun of failures
 #     --force-debs use gpu-debs/ even if the machine has MPI etc. (to test that path)
-# With the device tool:  run(command="bash bench/gpu_check.sh", carry=["gpu-debs"], timeout_s=540)
+# With the device tool:  run(command="bash bench/gpu_check.sh", carry=["gpu-debs"], timeout_s=480)
 set -u
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 OUT_DIR=${OUT:-$SRC/gpu-check-out}
-CPU_ONLY=0 LAYERS=32 BUDGET=470 FORCE_DEBS=""
+CPU_ONLY=0 LAYERS=32 BUDGET=420 FORCE_DEBS="" ONLY=""
 while [ $# -gt 0 ]; do
   case $1 in
     --cpu-only|--dry-run) CPU_ONLY=1 ;;
     --layers) LAYERS=$2; shift ;;
     --budget) BUDGET=$2; shift ;;
+    --steps) ONLY=",$2,"; shift ;;
     --force-debs) FORCE_DEBS=--force-debs ;;
     -h|--help) sed -n '2,32p' "$0"; exit 0 ;;
     -*) echo "gpu_check: unknown option $1" >&2; exit 2 ;;
@@ -66,6 +68,9 @@ record() {
 # step NAME LIMIT FUNCTION: runs FUNCTION (exported) under timeout within the budget left.
 step() {
   local name=$1 limit=$2 fn=$3 left rc status t
+  if [ -n "$ONLY" ] && [ "$name" != build ] && [ "${ONLY#*,"$name",}" = "$ONLY" ]; then
+    record "$name" skipped 0 0 "not in --steps"; return
+  fi
   left=$(( BUDGET - $(elapsed) - 15 ))   # 15 s kept for the summary
   if [ "$left" -lt 20 ]; then
     echo "=== $name: skipped (budget spent at $(elapsed) s)"; record "$name" skipped 0 0 "out of time"; return

@@ -161,45 +161,57 @@ def cmd_perf8b(a):
     tied = cfg.get("tie_word_embeddings", False)
     read_per_token = total - (0 if tied else embed)   # tied: the table is the LM head, read once
     out = {"model": a.model, "backend": a.backend, "layers": cfg["num_hidden_layers"], "weight_bytes": total,
-           "weight_bytes_read_per_token": read_per_token, "modes": []}
+           "weight_bytes_read_per_token": read_per_token, "prefill_prompt_tokens": a.prefill}
     prompt_file = os.path.join(a.work, "prompt2048.txt")
     V = cfg["vocab_size"]
     long_ids = [cfg.get("bos_token_id", 1) or 1] + [(i * 7919) % (V - 100) + 50 for i in range(a.prefill - 1)]
     open(prompt_file, "w").write(ids_str(long_ids) + "\n")
     short_ids = long_ids[:16]
-    dense_ids = None
     ok = True
-    for mode in a.modes.split(","):
-        r = {"mode": mode}
-        try:
-            j, dt = ep([a.ep, "-m", a.model, "--moe", mode, "--backend", a.backend, "--ids", ids_str(short_ids), "-n", str(a.n),
-                        "--step-tokens", "64", "--ctx", str(a.prefill + 64)], a.launcher, timeout=a.timeout)
-            t = j["timings"]
-            bw = j.get("device_peak_bandwidth_gbs", 0) * 1e9
-            r.update(device=j.get("device"), peak_bandwidth_gbs=bw / 1e9, load_s=t["load_s"], run_s=round(dt, 2),
-                     decode_tokens=t["decode_tokens"], decode_ms_per_token=1000.0 / t["decode_tok_s"] if t["decode_tok_s"] else None,
-                     generated_ids=j["generated_ids"])
-            if bw:
-                r["bound_ms_per_token"] = read_per_token / bw * 1000
-                if r["decode_ms_per_token"]:
-                    r["decode_vs_bound"] = r["decode_ms_per_token"] / r["bound_ms_per_token"]
-            j2, dt2 = ep([a.ep, "-m", a.model, "--moe", mode, "--backend", a.backend, "--prompts", prompt_file, "-n", "1",
-                          "--step-tokens", str(a.prefill), "--ctx", str(a.prefill + 64)], a.launcher, timeout=a.timeout)
-            t2 = j2["timings"]
-            r.update(prefill_tokens=t2["prefill_tokens"], prefill_tok_s=t2["prefill_tok_s"], prefill_run_s=round(dt2, 2))
-            if mode == "dense":
-                dense_ids = j["generated_ids"]
-            elif dense_ids is not None:
-                r["greedy_equals_dense"] = j["generated_ids"] == dense_ids
-                ok = ok and r["greedy_equals_dense"]
-        except Exception as e:  # noqa: BLE001
-            r["error"] = str(e)
-            ok = False
-        out["modes"].append(r)
-        print(f"perf8b {mode:12s} decode {r.get('decode_ms_per_token') or float('nan'):.3f} ms/token "
-              f"(bound {r.get('bound_ms_per_token', float('nan')):.3f}, x{r.get('decode_vs_bound', float('nan')):.3f}) "
-              f"prefill {r.get('prefill_tok_s', float('nan')):.0f} tok/s greedy=dense {r.get('greedy_equals_dense', '-')} "
-              f"{r.get('error', '')}", flush=True)
+    modes = a.modes.split(",")
+    out["modes"] = [{"mode": m} for m in modes]
+    # Decode of every mode first, then prefill: the decode targets survive a time-out.
+    # The JSON is rewritten after every run for the same reason.
+    for phase in ("decode", "prefill"):
+        for r in out["modes"]:
+            mode = r["mode"]
+            try:
+                if phase == "decode":
+                    j, dt = ep([a.ep, "-m", a.model, "--moe", mode, "--backend", a.backend, "--ids", ids_str(short_ids),
+                                "-n", str(a.n), "--step-tokens", "64", "--ctx", str(a.prefill + 64)], a.launcher, timeout=a.timeout)
+                    t = j["timings"]
+                    bw = j.get("device_peak_bandwidth_gbs", 0) * 1e9
+                    r.update(device=j.get("device"), peak_bandwidth_gbs=bw / 1e9, load_s=t["load_s"], run_s=round(dt, 2),
+                             decode_tokens=t["decode_tokens"],
+                             decode_ms_per_token=1000.0 / t["decode_tok_s"] if t["decode_tok_s"] else None,
+                             generated_ids=j["generated_ids"])
+                    if bw:
+                        r["bound_ms_per_token"] = read_per_token / bw * 1000
+                        if r["decode_ms_per_token"]:
+                            r["decode_vs_bound"] = r["decode_ms_per_token"] / r["bound_ms_per_token"]
+                    dense = out["modes"][0] if out["modes"][0]["mode"] == "dense" else None
+                    if mode != "dense" and dense and "generated_ids" in dense:
+                        r["greedy_equals_dense"] = j["generated_ids"] == dense["generated_ids"]
+                        if dense.get("decode_ms_per_token") and r["decode_ms_per_token"]:
+                            r["decode_vs_dense"] = r["decode_ms_per_token"] / dense["decode_ms_per_token"]
+                        ok = ok and r["greedy_equals_dense"]
+                else:
+                    j2, dt2 = ep([a.ep, "-m", a.model, "--moe", mode, "--backend", a.backend, "--prompts", prompt_file,
+                                  "-n", "1", "--step-tokens", str(a.prefill), "--ctx", str(a.prefill + 64)], a.launcher,
+                                 timeout=a.timeout)
+                    t2 = j2["timings"]
+                    r.update(prefill_tokens=t2["prefill_tokens"], prefill_tok_s=t2["prefill_tok_s"], prefill_run_s=round(dt2, 2))
+            except Exception as e:  # noqa: BLE001
+                r[phase + "_error"] = str(e)
+                ok = False
+            json.dump(out, open(a.json, "w"), indent=1)
+            if phase == "decode":
+                print(f"perf8b {mode:12s} decode {r.get('decode_ms_per_token') or float('nan'):.3f} ms/token (bound "
+                      f"{r.get('bound_ms_per_token', float('nan')):.3f}, x{r.get('decode_vs_bound', float('nan')):.3f}) "
+                      f"greedy=dense {r.get('greedy_equals_dense', '-')} {r.get('decode_error', '')}", flush=True)
+            else:
+                print(f"perf8b {mode:12s} prefill {r.get('prefill_tok_s', float('nan')):.0f} tok/s at {a.prefill} tokens "
+                      f"{r.get('prefill_error', '')}", flush=True)
     out["ok"] = ok
     json.dump(out, open(a.json, "w"), indent=1)
     return 0 if ok else 1

@@ -168,6 +168,8 @@ if [ -x "$BUILD/llamoe-mkmodel" ] && [ ! -f "$M8B/config.json" ]; then
   MK_PID=$!
 elif [ -f "$M8B/config.json" ]; then
   echo "rc=0 (kept from an earlier run)" > "$MKLOG"
+else
+  echo "rc=1 (no llamoe-mkmodel in this build: launch/llamoe_mkmodel.c is missing or did not build)" > "$MKLOG"
 fi
 export M8B MKLOG PREFILL
 

@@ -13,6 +13,10 @@
 #include "parallel/topology.h"
 #include "runtime/generate.h"
 #include "runtime/tokenizer.h"
+#ifdef LLAMOE_CUDA
+#include "kernels/cuda/backend_cuda.h"
+#include "parallel/comm_cuda.h"
+#endif
 
 #define DEFAULT_MODEL LLAMOE_SOURCE_DIR "/models/stories260k"
 #define DEFAULT_PROMPT "Once upon a time"
@@ -38,6 +42,9 @@ static void usage(FILE *f) {
         "                    max_position_embeddings)\n"
         "  --step-tokens N   most tokens per forward step (prefill chunk, default 256)\n"
         "  --threads N       CPU threads per rank (default: the cores bound to the rank)\n"
+        "  --backend B       cpu | cuda (default: cuda when built with CUDA and a GPU is present)\n"
+        "  --transport T     mpi | nccl: how MoE rows travel between ranks (default mpi; nccl\n"
+        "                    needs --backend cuda and one GPU per rank)\n"
         "  --bind cores|none bind ranks to cores with hwloc (default cores)\n"
         "  --json            print one JSON object (ids, text, timings) instead of text\n"
         "  --dump-logits F   write float32 logits rows of the first prompt to F\n"
@@ -48,6 +55,7 @@ static void usage(FILE *f) {
 
 typedef struct {
     const char *model_dir, *prompt_text, *prompt_ids, *prompts_file, *moe, *dump_logits;
+    const char *backend_name, *transport;   // NULL: the default
     int n_new, ctx, step_tokens, threads, json, stats, verbose, chat;
     bind_mode bind;
     float temp, top_p, drop;
@@ -80,7 +88,8 @@ static void parse_args(int argc, char **argv, options *o) {
         if (!strcmp(a, "--verbose")) { o->verbose = 1; continue; }
         if (!strcmp(a, "--chat")) { o->chat = 1; continue; }
         static const char *const takes_value[] = {"-m", "-p", "--ids", "--prompts", "-n", "--temp", "--top-p",
-            "--seed", "--moe", "--drop", "--ctx", "--step-tokens", "--threads", "--dump-logits", "--bind", NULL};
+            "--seed", "--moe", "--drop", "--ctx", "--step-tokens", "--threads", "--dump-logits", "--bind",
+            "--backend", "--transport", NULL};
         int known = 0;
         for (int j = 0; takes_value[j]; j++) known |= !strcmp(a, takes_value[j]);
         if (!known) die("%s: unknown option (see --help)", a);
@@ -100,6 +109,13 @@ static void parse_args(int argc, char **argv, options *o) {
         else if (!strcmp(a, "--step-tokens")) o->step_tokens = parse_int(a, v, 1, 1 << 16);
         else if (!strcmp(a, "--threads")) o->threads = parse_int(a, v, 1, 4096);
         else if (!strcmp(a, "--dump-logits")) o->dump_logits = v;
+        else if (!strcmp(a, "--backend")) {
+            if (strcmp(v, "cpu") && strcmp(v, "cuda")) die("--backend %s: expected cpu or cuda", v);
+            o->backend_name = v;
+        } else if (!strcmp(a, "--transport")) {
+            if (strcmp(v, "mpi") && strcmp(v, "nccl")) die("--transport %s: expected mpi or nccl", v);
+            o->transport = v;
+        }
         else if (!strcmp(a, "--bind")) {
             if (bind_mode_parse(v, &o->bind) != 0) die("--bind %s: expected cores or none", v);
         }
@@ -107,6 +123,44 @@ static void parse_args(int argc, char **argv, options *o) {
     int sources = !!o->prompt_text + !!o->prompt_ids + !!o->prompts_file;
     if (sources > 1) die("-p, --ids and --prompts are exclusive");
     if (o->top_p <= 0.0f) die("--top-p %g: must be above 0", o->top_p);
+}
+
+// ---------------------------------------------------------------------------- backend
+// --backend and --transport: the CPU backend unless CUDA is built in and a GPU is present (or
+// asked for). A CUDA rank takes GPU local_rank % n_gpus and binds to the cores near it; with
+// --transport nccl the communicator becomes NCCL (set up over MPI), seen through host memory
+// by the host-packed dispatch (comm_staged_new). Returns the backend; *c may be replaced.
+static const backend *choose_backend(const options *o, comm **c, rank_binding *binding) {
+    int want_cuda = o->backend_name ? !strcmp(o->backend_name, "cuda") : -1;   // -1: if present
+    int nccl = o->transport && !strcmp(o->transport, "nccl");
+#ifdef LLAMOE_CUDA
+    int n_gpus = cuda_device_count();
+    if (want_cuda == 1 && n_gpus == 0) die("--backend cuda: no CUDA device is visible");
+    if (want_cuda != 0 && n_gpus > 0) {
+        comm *cc = *c;
+        int gpu = topology_gpu_for_local_rank(cc->local_rank, n_gpus);
+        cuda_select_device(gpu);
+        char (*ids)[32] = xcalloc((size_t)n_gpus, sizeof *ids);
+        const char **id_ptr = xcalloc((size_t)n_gpus, sizeof *id_ptr);
+        for (int i = 0; i < n_gpus; i++) {
+            if (cuda_device_pci_bus_id(i, ids[i], (int)sizeof ids[i]) != 0) snprintf(ids[i], sizeof ids[i], "unknown");
+            id_ptr[i] = ids[i];
+        }
+        topology_bind_gpu(cc->rank, cc->size, cc->local_rank, cc->local_size, id_ptr, n_gpus, o->bind, binding);
+        free(id_ptr);
+        free(ids);
+        backend_cpu_set_threads(o->threads ? o->threads : binding->n_cores);
+        const backend *be = backend_cuda();
+        if (nccl) *c = comm_staged_new(comm_nccl_new(cc));
+        return be;
+    }
+#else
+    if (want_cuda == 1) die("--backend cuda: this build has no CUDA backend (configure with -DLLAMOE_CUDA=ON)");
+#endif
+    if (nccl) die("--transport nccl needs the CUDA backend");
+    topology_bind_cpu((*c)->rank, (*c)->size, (*c)->local_rank, (*c)->local_size, o->bind, binding);
+    backend_cpu_set_threads(o->threads ? o->threads : binding->n_cores);
+    return backend_cpu();
 }
 
 // ---------------------------------------------------------------------------- prompts
@@ -282,9 +336,7 @@ int main(int argc, char **argv) {
     double t_start = now_seconds();
 
     rank_binding binding;
-    topology_bind_cpu(c->rank, c->size, c->local_rank, c->local_size, o.bind, &binding);
-    backend_cpu_set_threads(o.threads ? o.threads : binding.n_cores);
-    const backend *be = backend_cpu();
+    const backend *be = choose_backend(&o, &c, &binding);
 
     // Tokenizer (optional: --ids works without one).
     char path[4096];
@@ -359,8 +411,8 @@ int main(int argc, char **argv) {
     run_state_init(&rs, &m, o.step_tokens, n_local ? n_local : 1, ctx);
     if (o.verbose) {
         char mb[64];
-        fprintf(stderr, "llamoe: %s; moe %s; experts %d..%d of %d; expert weights %.1f MiB, other weights %.1f MiB, activations+KV %.1f MiB; %d sequence(s)\n",
-                binding.desc, moe_mode_str(&m.moe, mb, sizeof mb), m.first_expert,
+        fprintf(stderr, "llamoe: %s; backend %s, transport %s; moe %s; experts %d..%d of %d; expert weights %.1f MiB, other weights %.1f MiB, activations+KV %.1f MiB; %d sequence(s)\n",
+                binding.desc, be->name, c->name, moe_mode_str(&m.moe, mb, sizeof mb), m.first_expert,
                 m.first_expert + m.n_local_experts - 1, m.moe.n_experts, m.expert_bytes / 1048576.0,
                 m.weight_bytes / 1048576.0, rs.bytes / 1048576.0, n_local);
     }
@@ -468,6 +520,14 @@ int main(int argc, char **argv) {
             json_object_object_add(root, "model", json_object_new_string(o.model_dir));
             json_object_object_add(root, "moe", json_object_new_string(moe_mode_str(&m.moe, mb, sizeof mb)));
             json_object_object_add(root, "ranks", json_object_new_int(P));
+            json_object_object_add(root, "backend", json_object_new_string(be->name));
+            json_object_object_add(root, "transport", json_object_new_string(c->name));
+#ifdef LLAMOE_CUDA
+            if (be->device_memory) {
+                json_object_object_add(root, "device", json_object_new_string(cuda_device_description()));
+                json_object_object_add(root, "device_peak_bandwidth_gbs", json_object_new_double(cuda_device_peak_bandwidth() / 1e9));
+            }
+#endif
             json_object *results = json_object_new_array();
             for (int i = 0; i < n_prompts; i++) {
                 json_object *r = json_object_new_object();

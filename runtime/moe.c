@@ -205,6 +205,15 @@ void moe_free_layer(model *m, layer_weights *L) {
 }
 
 // ---------------------------------------------------------------------------- forward
+// Buffers the ops read or write: backend memory (host memory on the CPU backend).
+static void *state_alloc(const backend *be, size_t bytes) {
+    return be->device_memory ? be->alloc(bytes) : xmalloc(bytes);
+}
+static void state_free(const backend *be, void *p) {
+    if (be && be->device_memory) be->free(p);
+    else free(p);
+}
+
 int moe_state_init(moe_state *s, const model *m, int max_tokens) {
     memset(s, 0, sizeof *s);
     int E = m->moe.n_experts, k = m->moe.top_k, d = m->cfg.hidden_size;
@@ -213,12 +222,18 @@ int moe_state_init(moe_state *s, const model *m, int max_tokens) {
     s->top_k = k;
     s->d = d;
     size_t pairs = (size_t)max_tokens * (size_t)k;
-    s->router_logits = xmalloc((size_t)max_tokens * (size_t)E * sizeof(float));
+    s->be = m->be;
+    s->router_logits = state_alloc(m->be, (size_t)max_tokens * (size_t)E * sizeof(float));
     s->expert = xmalloc(pairs * sizeof(int32_t));
     s->weight = xmalloc(pairs * sizeof(float));
     s->pair_row = xmalloc(pairs * sizeof(int32_t));
     for (size_t i = 0; i < pairs; i++) s->pair_row[i] = (int32_t)i;
-    s->y_pairs = xmalloc(pairs * (size_t)d * sizeof(float));
+    s->y_pairs = state_alloc(m->be, pairs * (size_t)d * sizeof(float));
+    if (m->be->device_memory) {
+        s->xn_host = xmalloc((size_t)max_tokens * (size_t)d * sizeof(float));
+        s->y_pairs_host = xmalloc(pairs * (size_t)d * sizeof(float));
+        s->perm = xmalloc(2 * pairs * sizeof(int32_t));
+    }
     s->tokens_per_expert = xcalloc((size_t)m->cfg.n_layers * (size_t)E, sizeof(int64_t));
     expert_placement p;
     llamoe_err err;
@@ -229,15 +244,105 @@ int moe_state_init(moe_state *s, const model *m, int max_tokens) {
 }
 
 void moe_state_free(moe_state *s) {
-    free(s->router_logits);
+    state_free(s->be, s->router_logits);
     free(s->expert);
     free(s->weight);
     free(s->pair_row);
-    free(s->y_pairs);
+    state_free(s->be, s->y_pairs);
+    if (s->be && s->be->device_memory) {
+        free(s->xn_host);
+        free(s->y_pairs_host);
+        free(s->perm);
+        s->be->free(s->xe_dev);
+        s->be->free(s->ye_dev);
+    }
     free(s->ye);
     free(s->tokens_per_expert);
     if (s->exchange) moe_exchange_free(s->exchange);
     memset(s, 0, sizeof *s);
+}
+
+// ---------------------------------------------------------------------------- forward, device
+// Device backends (CUDA; docs/gpu.md). The dispatch packs rows on the host, so with several
+// ranks the layer input goes down to the host, the rows this rank receives go up for its
+// experts, their outputs down for the combine, and the (token, expert) outputs up for the
+// weighted sum; the transport must carry host memory (MPI, or NCCL behind comm_staged_new).
+// With one rank the exchange is a permutation of the same rows in the same order (by
+// expert, then token), done on the device by gather_rows: no activation crosses the bus, and
+// the results are the same bits as the staged path's.
+static void grow_device_rows(moe_state *s, int64_t rows) {
+    if ((size_t)rows <= s->dev_cap) return;
+    s->be->free(s->xe_dev);
+    s->be->free(s->ye_dev);
+    s->dev_cap = (size_t)rows + (size_t)rows / 2;
+    s->xe_dev = s->be->alloc(s->dev_cap * (size_t)s->d * sizeof(float));
+    s->ye_dev = s->be->alloc(s->dev_cap * (size_t)s->d * sizeof(float));
+}
+
+static int moe_forward_device(const model *m, int l, moe_state *s, comm *c, const float *xn, int n, float *out,
+                              double t0, double t1) {
+    const backend *be = m->be;
+    const layer_weights *L = &m->layers[l];
+    int E = s->n_experts, k = s->top_k, d = s->d;
+    size_t row_bytes = (size_t)d * sizeof(float);
+    double t2, t3;
+    if (c->size == 1) {
+        CHECK(m->n_local_experts == E && m->first_expert == 0);
+        int64_t M = (int64_t)n * k, *offsets = xcalloc((size_t)E + 1, sizeof(int64_t));
+        int32_t *rows = s->perm, *src = s->perm + (size_t)s->max_tokens * k;
+        for (int64_t i = 0; i < M; i++) offsets[s->expert[i] + 1]++;
+        for (int e = 0; e < E; e++) offsets[e + 1] += offsets[e];
+        int64_t *cur = xmalloc((size_t)E * sizeof(int64_t));
+        memcpy(cur, offsets, (size_t)E * sizeof(int64_t));
+        for (int64_t i = 0; i < M; i++) {   // pairs in (token, expert) order: stable by token
+            int64_t at = cur[s->expert[i]]++;
+            rows[at] = (int32_t)(i / k);
+            src[i] = (int32_t)at;
+        }
+        free(cur);
+        grow_device_rows(s, M);
+        be->gather_rows(s->xe_dev, xn, rows, (int)M, d);
+        t2 = now_seconds();
+        be->expert_ffn(s->ye_dev, s->xe_dev, offsets, &L->experts);
+        t3 = now_seconds();
+        be->gather_rows(s->y_pairs, s->ye_dev, src, (int)M, d);
+        free(offsets);
+    } else {
+        if (c->mem != COMM_MEM_HOST)
+            die("layer %d: the MoE exchange packs rows on the host and needs a transport carrying host memory "
+                "(MPI, or NCCL through comm_staged_new), not %s", l, c->name);
+        const float *xe;
+        const int64_t *offsets;
+        int64_t rows;
+        llamoe_err err;
+        if (n > 0) be->download(s->xn_host, xn, (size_t)n * row_bytes);
+        if (moe_dispatch(s->exchange, c, s->xn_host, n, s->expert, k, &xe, &offsets, &rows, &err) != 0)
+            die("layer %d: dispatch: %s", l, err.msg);
+        t2 = now_seconds();
+        if ((size_t)rows > s->ye_cap) {
+            free(s->ye);
+            s->ye_cap = (size_t)rows + (size_t)rows / 2;
+            s->ye = xmalloc(s->ye_cap * row_bytes);
+        }
+        grow_device_rows(s, rows);
+        be->upload(s->xe_dev, xe, (size_t)rows * row_bytes);
+        be->expert_ffn(s->ye_dev, s->xe_dev, offsets, &L->experts);
+        be->download(s->ye, s->ye_dev, (size_t)rows * row_bytes);
+        t3 = now_seconds();
+        if (moe_combine(s->exchange, c, s->ye, s->y_pairs_host, &err) != 0) die("layer %d: combine: %s", l, err.msg);
+        if (n > 0) be->upload(s->y_pairs, s->y_pairs_host, (size_t)n * k * row_bytes);
+        moe_traffic traffic;
+        moe_exchange_traffic(s->exchange, &traffic);
+        s->bytes_sent += traffic.bytes_sent;
+        s->bytes_recv += traffic.bytes_recv;
+    }
+    if (n > 0) be->combine(out, s->y_pairs, s->pair_row, s->weight, n, k, d);
+    double t4 = now_seconds();
+    s->t_router += t1 - t0;
+    s->t_dispatch += t2 - t1;
+    s->t_experts += t3 - t2;
+    s->t_combine += t4 - t3;
+    return 0;
 }
 
 int moe_forward(const model *m, int l, moe_state *s, comm *c, const float *xn, int n, float *out) {
@@ -261,6 +366,7 @@ int moe_forward(const model *m, int l, moe_state *s, comm *c, const float *xn, i
     int64_t *counts = s->tokens_per_expert + (size_t)l * E;
     for (int i = 0; i < n * k; i++) counts[s->expert[i]]++;
     double t1 = now_seconds();
+    if (be->device_memory) return moe_forward_device(m, l, s, c, xn, n, out, t0, t1);   // CUDA
 
     // Dispatch: each token travels once to every rank owning one of its experts.
     const float *xe;

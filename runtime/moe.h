@@ -27,6 +27,15 @@ typedef struct {
     int64_t *tokens_per_expert;   // [n_layers, E]: choices made by this rank's tokens
     size_t bytes_sent, bytes_recv;
     double t_router, t_dispatch, t_experts, t_combine;   // seconds, accumulated
+    // Device backends (be->device_memory; see docs/gpu.md). router_logits and y_pairs above
+    // are then device memory; the dispatch packs rows on the host, so with several ranks the
+    // rows are staged through these host/device buffers; one rank permutes on the device.
+    const backend *be;
+    float *xn_host;            // [max_tokens, d] host: the layer input, for the dispatch
+    float *y_pairs_host;       // [max_tokens, k, d] host: what the combine brings home
+    float *xe_dev, *ye_dev;    // [rows, d] device, grown with ye_cap
+    size_t dev_cap;            // rows of xe_dev / ye_dev
+    int32_t *perm;             // [max_tokens * k] one rank: xe row -> token, then pair -> ye row
 } moe_state;
 
 int moe_state_init(moe_state *s, const model *m, int max_tokens);

@@ -1,0 +1,133 @@
+# The CUDA backend (kernels/cuda), the CUDA tests (tests/cuda) and CUDA benchmarks
+# (bench/*.cu). The CUDA-only transports (parallel/comm_nccl.c, parallel/comm_staged.c) are
+# globbed into llamoe with the other parallel/*.c and compile to nothing without LLAMOE_CUDA. Included by CMakeLists.txt when LLAMOE_CUDA is set:
+#   -DLLAMOE_CUDA=ON    build it; stop with a clear message if nvcc, cuBLASLt or NCCL is missing
+#   -DLLAMOE_CUDA=AUTO  build it when all three are found, else say so and build the CPU project
+# Where things are looked for (first found wins): CUDAToolkit_ROOT / /usr/local/cuda for nvcc,
+# cudart and cuBLASLt; LLAMOE_NCCL_ROOT, NCCL_ROOT, the CUDA toolkit, then the pip wheel
+# layout (site-packages/nvidia/nccl/{include,lib}) for NCCL. Same for cuBLASLt via
+# LLAMOE_CUBLAS_ROOT when the toolkit has no cuBLAS (a bare nvcc plus the nvidia-cublas wheel).
+#
+# Architectures: sm_80 machine code, sm_90 machine code and compute_90 PTX ("80-real;90"), so
+# A100 and H100/H200 run native code and newer GPUs JIT the PTX. Override with
+# -DCMAKE_CUDA_ARCHITECTURES=90 (faster build) as the GPU check script does.
+string(TOUPPER "${LLAMOE_CUDA}" _llamoe_cuda_mode)
+set(_llamoe_cuda_required ON)
+if(_llamoe_cuda_mode STREQUAL "AUTO")
+  set(_llamoe_cuda_required OFF)
+endif()
+
+macro(llamoe_cuda_missing what)
+  if(_llamoe_cuda_required)
+    message(FATAL_ERROR "LLAMOE_CUDA=ON: ${what} not found. Give its location (see cmake/cuda.cmake) "
+                        "or configure with -DLLAMOE_CUDA=OFF (or AUTO).")
+  endif()
+  message(STATUS "LLAMOE_CUDA=AUTO: ${what} not found, building without the CUDA backend")
+  return()
+endmacro()
+
+# ---------------------------------------------------------------------------- nvcc
+if(NOT CMAKE_CUDA_COMPILER AND NOT DEFINED ENV{CUDACXX})
+  foreach(_nvcc "${CUDAToolkit_ROOT}/bin/nvcc" /usr/local/cuda/bin/nvcc)
+    if(EXISTS "${_nvcc}")
+      set(CMAKE_CUDA_COMPILER "${_nvcc}" CACHE FILEPATH "CUDA compiler")
+      break()
+    endif()
+  endforeach()
+endif()
+include(CheckLanguage)
+check_language(CUDA)
+if(NOT CMAKE_CUDA_COMPILER)
+  llamoe_cuda_missing("nvcc (the CUDA compiler)")
+endif()
+if(NOT CMAKE_CUDA_ARCHITECTURES)
+  set(CMAKE_CUDA_ARCHITECTURES "80-real;90")
+endif()
+enable_language(CUDA)
+set(CMAKE_CUDA_STANDARD 17)
+set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+find_package(CUDAToolkit REQUIRED)
+
+# ---------------------------------------------------------------------------- libraries
+# The pip wheels' site-packages/nvidia folder, as a last place to look.
+find_package(Python3 COMPONENTS Interpreter QUIET)
+set(_llamoe_wheels "")
+if(Python3_Interpreter_FOUND)
+  execute_process(COMMAND ${Python3_EXECUTABLE} -c
+                  "import nvidia, os; print(os.path.dirname(list(nvidia.__path__)[0] + '/x'))"
+                  OUTPUT_VARIABLE _llamoe_wheels OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET)
+endif()
+
+find_path(LLAMOE_CUBLASLT_INCLUDE cublasLt.h
+          HINTS ${LLAMOE_CUBLAS_ROOT} ${CUDAToolkit_INCLUDE_DIRS} "${_llamoe_wheels}/cublas"
+          PATH_SUFFIXES include)
+find_library(LLAMOE_CUBLASLT_LIB NAMES cublasLt libcublasLt.so.13 libcublasLt.so.12
+             HINTS ${LLAMOE_CUBLAS_ROOT} ${CUDAToolkit_LIBRARY_DIR} "${_llamoe_wheels}/cublas"
+             PATH_SUFFIXES lib lib64)
+find_library(LLAMOE_CUBLAS_LIB NAMES cublas libcublas.so.13 libcublas.so.12
+             HINTS ${LLAMOE_CUBLAS_ROOT} ${CUDAToolkit_LIBRARY_DIR} "${_llamoe_wheels}/cublas"
+             PATH_SUFFIXES lib lib64)
+if(NOT LLAMOE_CUBLASLT_INCLUDE OR NOT LLAMOE_CUBLASLT_LIB OR NOT LLAMOE_CUBLAS_LIB)
+  llamoe_cuda_missing("cuBLAS/cuBLASLt (cublasLt.h, libcublasLt, libcublas)")
+endif()
+
+find_path(LLAMOE_NCCL_INCLUDE nccl.h
+          HINTS ${LLAMOE_NCCL_ROOT} $ENV{NCCL_ROOT} ${CUDAToolkit_INCLUDE_DIRS} "${_llamoe_wheels}/nccl"
+          PATH_SUFFIXES include)
+find_library(LLAMOE_NCCL_LIB NAMES nccl libnccl.so.2
+             HINTS ${LLAMOE_NCCL_ROOT} $ENV{NCCL_ROOT} ${CUDAToolkit_LIBRARY_DIR} "${_llamoe_wheels}/nccl"
+             PATH_SUFFIXES lib lib64)
+if(NOT LLAMOE_NCCL_INCLUDE OR NOT LLAMOE_NCCL_LIB)
+  llamoe_cuda_missing("NCCL (nccl.h, libnccl)")
+endif()
+message(STATUS "CUDA backend: nvcc ${CMAKE_CUDA_COMPILER_VERSION}, archs ${CMAKE_CUDA_ARCHITECTURES}, "
+               "cuBLASLt ${LLAMOE_CUBLASLT_LIB}, NCCL ${LLAMOE_NCCL_LIB}")
+
+# ---------------------------------------------------------------------------- the backend
+# Kernels go into their own static library (CUDA flags stay out of the C targets); llamoe
+# links it, so every program and test gets the backend with -DLLAMOE_CUDA.
+file(GLOB LLAMOE_CUDA_SOURCES CONFIGURE_DEPENDS kernels/cuda/*.cu)
+add_library(llamoe_cuda STATIC ${LLAMOE_CUDA_SOURCES})
+target_include_directories(llamoe_cuda PUBLIC ${CMAKE_SOURCE_DIR} ${LLAMOE_CUBLASLT_INCLUDE} ${LLAMOE_NCCL_INCLUDE})
+target_compile_definitions(llamoe_cuda PUBLIC LLAMOE_CUDA)
+# The C warning flags of CMakeLists.txt reach the host compiler through nvcc's
+# -forward-unknown-to-host-compiler; device-side warnings are nvcc's own (all on). Warnings
+# are not errors: another host compiler on the GPU machine must not stop the build there.
+# -lineinfo keeps source lines for Nsight Compute.
+target_compile_options(llamoe_cuda PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-lineinfo>)
+set_target_properties(llamoe_cuda PROPERTIES CUDA_SEPARABLE_COMPILATION OFF POSITION_INDEPENDENT_CODE ON)
+target_link_libraries(llamoe_cuda PUBLIC CUDA::cudart ${LLAMOE_CUBLASLT_LIB} ${LLAMOE_CUBLAS_LIB}
+                      ${LLAMOE_NCCL_LIB} MPI::MPI_C PkgConfig::HWLOC)
+target_link_libraries(llamoe PUBLIC llamoe_cuda)
+# llamoe was created before CUDA was enabled: give it the architectures too (CMake checks
+# them on every target that links CUDA code).
+set_target_properties(llamoe PROPERTIES CUDA_ARCHITECTURES "${CMAKE_CUDA_ARCHITECTURES}")
+# llamoe_cuda calls die()/xmalloc() from llamoe and llamoe calls backend_cuda(): a static
+# library cycle, resolved by listing llamoe again after llamoe_cuda.
+target_link_libraries(llamoe_cuda PUBLIC llamoe)
+
+# ---------------------------------------------------------------------------- CUDA tests
+# tests/cuda/test_*.c: built only here (the CPU build never sees them). They exit 77 when no
+# GPU is present, which ctest reports as skipped, not passed.
+file(GLOB LLAMOE_CUDA_TESTS CONFIGURE_DEPENDS tests/cuda/test_*.c)
+foreach(src ${LLAMOE_CUDA_TESTS})
+  get_filename_component(stem ${src} NAME_WE)
+  add_executable(${stem} ${src})
+  target_link_libraries(${stem} PRIVATE llamoe)
+  add_test(NAME ${stem} COMMAND ${stem} ${CMAKE_SOURCE_DIR})
+  set_tests_properties(${stem} PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE 77)
+endforeach()
+# tests/cuda/check_*.c: helper programs that the GPU check script drives under mpirun.
+file(GLOB LLAMOE_CUDA_CHECKS CONFIGURE_DEPENDS tests/cuda/check_*.c)
+foreach(src ${LLAMOE_CUDA_CHECKS})
+  get_filename_component(stem ${src} NAME_WE)
+  add_executable(${stem} ${src})
+  target_link_libraries(${stem} PRIVATE llamoe)
+endforeach()
+# bench/bench_*.cu: CUDA benchmarks (bench/bench_*.c are built by CMakeLists.txt).
+file(GLOB LLAMOE_CUDA_BENCHES CONFIGURE_DEPENDS bench/bench_*.cu)
+foreach(src ${LLAMOE_CUDA_BENCHES})
+  get_filename_component(stem ${src} NAME_WE)
+  add_executable(${stem} ${src})
+  target_link_libraries(${stem} PRIVATE llamoe)
+endforeach()

@@ -27,7 +27,15 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_btl_vader_single_copy_mechanism=none
 case "${1:-}" in
   --run)  exec mpirun --oversubscribe -np 3 "$build/llamoe-ep" ;;
-  --test) cd "$build" && exec ctest --output-on-failure --timeout 900 ;;
+  --test)
+    (cd "$build" && ctest --output-on-failure --timeout 900)
+    # Without a GPU the CUDA backend must still compile and link: checked where the toolkit is.
+    if [ -x /usr/local/cuda/bin/nvcc ] && [ "${LLAMOE_SKIP_CUDA_BUILD:-0}" != 1 ]; then
+      echo "setup: compiling and linking the CUDA backend (build-cuda/; it runs only on a GPU)"
+      cmake -S . -B "$build-cuda" -DCMAKE_BUILD_TYPE=Release -DLLAMOE_CUDA=ON ${LLAMOE_CMAKE_ARGS:-} >/dev/null
+      cmake --build "$build-cuda" -j"$(nproc)" >/dev/null
+      echo "setup: CUDA backend built: $(ls "$build-cuda"/llamoe-ep)"
+    fi ;;
   "")     ;;
   *)      echo "usage: launch/setup.sh [--run|--test]" >&2; exit 2 ;;
 esac

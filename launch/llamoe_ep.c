@@ -46,6 +46,8 @@ static void usage(FILE *f) {
         "  --transport T     mpi | nccl: how MoE rows travel between ranks (default mpi; nccl\n"
         "                    needs --backend cuda and one GPU per rank)\n"
         "  --bind cores|none bind ranks to cores with hwloc (default cores)\n"
+        "  --warmup N        first run every prompt with N new tokens, untimed (pages in the weights,\n"
+        "                    sizes the buffers); timings and statistics cover only the run after it\n"
         "  --json            print one JSON object (ids, text, timings) instead of text\n"
         "  --dump-logits F   write float32 logits rows of the first prompt to F\n"
         "  --stats           per layer: tokens per expert and imbalance (max/mean)\n"
@@ -56,7 +58,7 @@ static void usage(FILE *f) {
 typedef struct {
     const char *model_dir, *prompt_text, *prompt_ids, *prompts_file, *moe, *dump_logits;
     const char *backend_name, *transport;   // NULL: the default
-    int n_new, ctx, step_tokens, threads, json, stats, verbose, chat;
+    int n_new, ctx, step_tokens, threads, json, stats, verbose, chat, warmup;
     bind_mode bind;
     float temp, top_p, drop;
     uint64_t seed;
@@ -89,7 +91,7 @@ static void parse_args(int argc, char **argv, options *o) {
         if (!strcmp(a, "--chat")) { o->chat = 1; continue; }
         static const char *const takes_value[] = {"-m", "-p", "--ids", "--prompts", "-n", "--temp", "--top-p",
             "--seed", "--moe", "--drop", "--ctx", "--step-tokens", "--threads", "--dump-logits", "--bind",
-            "--backend", "--transport", NULL};
+            "--backend", "--transport", "--warmup", NULL};
         int known = 0;
         for (int j = 0; takes_value[j]; j++) known |= !strcmp(a, takes_value[j]);
         if (!known) die("%s: unknown option (see --help)", a);
@@ -108,6 +110,7 @@ static void parse_args(int argc, char **argv, options *o) {
         else if (!strcmp(a, "--ctx")) o->ctx = parse_int(a, v, 1, 1 << 24);
         else if (!strcmp(a, "--step-tokens")) o->step_tokens = parse_int(a, v, 1, 1 << 16);
         else if (!strcmp(a, "--threads")) o->threads = parse_int(a, v, 1, 4096);
+        else if (!strcmp(a, "--warmup")) o->warmup = parse_int(a, v, 0, 1 << 24);
         else if (!strcmp(a, "--dump-logits")) o->dump_logits = v;
         else if (!strcmp(a, "--backend")) {
             if (strcmp(v, "cpu") && strcmp(v, "cuda")) die("--backend %s: expected cpu or cuda", v);
@@ -417,6 +420,28 @@ int main(int argc, char **argv) {
                 m.weight_bytes / 1048576.0, rs.bytes / 1048576.0, n_local);
     }
 
+    // Warm-up (benchmarks): the same prompts through the same loop, then every timer and
+    // counter back to zero, so that page faults and buffer growth stay out of the figures.
+    if (o.warmup > 0) {
+        gen_options gw = go;
+        gw.max_new = o.warmup;
+        sequence *ws = xcalloc((size_t)(n_local ? n_local : 1), sizeof(sequence));
+        for (int i = c->rank, j = 0; i < n_prompts; i += c->size, j++)
+            sequence_init(&ws[j], i, prompts[i].ids, prompts[i].n, j, &gw);
+        gen_stats gws;
+        if (generate(&m, &rs, c, ws, n_local, &gw, &gws, &err) != 0) die("warm-up: %s", err.msg);
+        for (int j = 0; j < n_local; j++) sequence_free(&ws[j]);
+        free(ws);
+        memset(&rs.time, 0, sizeof rs.time);
+        moe_state *ms = &rs.moe;
+        if (m.moe.kind != MOE_DENSE) {
+            memset(ms->tokens_per_expert, 0, (size_t)m.cfg.n_layers * m.moe.n_experts * sizeof(int64_t));
+            ms->bytes_sent = ms->bytes_recv = ms->dispatch_sent = 0;
+            ms->rows_sent = ms->rows_recv = 0;
+            ms->t_router = ms->t_dispatch = ms->t_experts = ms->t_combine = 0;
+        }
+    }
+
     atomic_file logits_file = {0};
     if (o.dump_logits && c->rank == 0) {
         atomic_open(&logits_file, o.dump_logits);
@@ -488,17 +513,22 @@ int main(int argc, char **argv) {
 
     // Per-rank breakdown of the step time and traffic: the largest rank sets the pace.
     enum { B_ATTN, B_ROUTER, B_DISPATCH, B_EXPERTS, B_COMBINE, B_DENSE_FFN, B_LM_HEAD, B_OTHER, B_TOTAL,
-           B_SENT, B_RECV, B_EXPERT_MB, B_N };
+           B_SENT, B_RECV, B_DISPATCH_SENT, B_ROWS_SENT, B_ROWS_RECV, B_EXPERT_MB, B_N };
     static const char *const breakdown_names[B_N] = {"attention_s", "router_s", "dispatch_s", "experts_s",
-        "combine_s", "dense_ffn_s", "lm_head_s", "other_s", "forward_s", "bytes_sent", "bytes_recv", "expert_weights_mb"};
+        "combine_s", "dense_ffn_s", "lm_head_s", "other_s", "forward_s", "bytes_sent", "bytes_recv",
+        "dispatch_bytes_sent", "rows_sent", "rows_recv", "expert_weights_mb"};
     double moe_s = ms->t_router + ms->t_dispatch + ms->t_experts + ms->t_combine;
     double mine_b[B_N] = {rs.time.attention, ms->t_router, ms->t_dispatch, ms->t_experts, ms->t_combine,
                           m.moe.kind == MOE_DENSE ? rs.time.ffn : 0, rs.time.lm_head,
                           rs.time.total - rs.time.attention - rs.time.ffn - rs.time.lm_head + (rs.time.ffn - moe_s) * (m.moe.kind != MOE_DENSE),
-                          rs.time.total, (double)ms->bytes_sent, (double)ms->bytes_recv, m.expert_bytes / 1048576.0};
-    double max_b[B_N], sum_b[B_N];
+                          rs.time.total, (double)ms->bytes_sent, (double)ms->bytes_recv, (double)ms->dispatch_sent,
+                          (double)ms->rows_sent, (double)ms->rows_recv, m.expert_bytes / 1048576.0};
+    double max_b[B_N], min_b[B_N], sum_b[B_N];
     memcpy(max_b, mine_b, sizeof max_b);
-    if (c->allreduce_max_f64(c, max_b, B_N) != 0) die("gathering statistics failed");
+    for (int i = 0; i < B_N; i++) min_b[i] = -mine_b[i];   // min = -max(-x)
+    if (c->allreduce_max_f64(c, max_b, B_N) != 0 || c->allreduce_max_f64(c, min_b, B_N) != 0)
+        die("gathering statistics failed");
+    for (int i = 0; i < B_N; i++) min_b[i] = -min_b[i];
     int64_t sum_i[B_N];
     for (int i = 0; i < B_N; i++) sum_i[i] = (int64_t)llround(mine_b[i] * 1e9);   // ns / bytes*1e9: exact enough
     if (c->allreduce_sum_i64(c, sum_i, B_N) != 0) die("gathering statistics failed");
@@ -557,6 +587,7 @@ int main(int argc, char **argv) {
             json_object_object_add(t, "decode_s", json_object_new_double(gs.decode_s));
             json_object_object_add(t, "prefill_tokens", json_object_new_int64(gs.prefill_tokens));
             json_object_object_add(t, "decode_tokens", json_object_new_int64(gs.decode_tokens));
+            json_object_object_add(t, "steps", json_object_new_int(gs.steps));
             json_object_object_add(t, "prefill_tok_s", json_object_new_double(gs.prefill_s > 0 ? gs.prefill_tokens / gs.prefill_s : 0));
             json_object_object_add(t, "decode_tok_s", json_object_new_double(gs.decode_s > 0 ? gs.decode_tokens / gs.decode_s : 0));
             json_object_object_add(t, "peak_rss_mb_max_rank", json_object_new_double(peak_rss_mb[0]));
@@ -565,13 +596,15 @@ int main(int argc, char **argv) {
                 json_object_object_add(root, "bytes_sent", json_object_new_int64(traffic[0]));
                 json_object_object_add(root, "bytes_recv", json_object_new_int64(traffic[1]));
             }
-            json_object *bmax = json_object_new_object(), *bmean = json_object_new_object();
+            json_object *bmax = json_object_new_object(), *bmean = json_object_new_object(), *bmin = json_object_new_object();
             for (int i = 0; i < B_N; i++) {
                 json_object_object_add(bmax, breakdown_names[i], json_object_new_double(max_b[i]));
+                json_object_object_add(bmin, breakdown_names[i], json_object_new_double(min_b[i]));
                 json_object_object_add(bmean, breakdown_names[i], json_object_new_double(sum_b[i] / P));
             }
             json_object_object_add(root, "per_rank_max", bmax);
             json_object_object_add(root, "per_rank_mean", bmean);
+            json_object_object_add(root, "per_rank_min", bmin);
             if (o.stats && m.moe.kind != MOE_DENSE) {
                 json_object *st = json_object_new_array();
                 for (int l = 0; l < L; l++) {

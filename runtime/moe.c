@@ -392,6 +392,9 @@ int moe_forward(const model *m, int l, moe_state *s, comm *c, const float *xn, i
     moe_exchange_traffic(s->exchange, &traffic);
     s->bytes_sent += traffic.bytes_sent;
     s->bytes_recv += traffic.bytes_recv;
+    s->dispatch_sent += traffic.dispatch_sent;
+    s->rows_sent += traffic.rows_sent;
+    s->rows_recv += traffic.rows_recv;
     double t4 = now_seconds();
     s->t_router += t1 - t0;
     s->t_dispatch += t2 - t1;

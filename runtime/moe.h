@@ -26,6 +26,8 @@ typedef struct {
     moe_exchange *exchange;
     int64_t *tokens_per_expert;   // [n_layers, E]: choices made by this rank's tokens
     size_t bytes_sent, bytes_recv;
+    size_t dispatch_sent;         // of bytes_sent, the dispatch part (rows + metadata)
+    int64_t rows_sent, rows_recv; // token rows dispatched to / received from other ranks
     double t_router, t_dispatch, t_experts, t_combine;   // seconds, accumulated
     // Device backends (be->device_memory; see docs/gpu.md). router_logits and y_pairs above
     // are then device memory; the dispatch packs rows on the host, so with several ranks the

@@ -13,6 +13,7 @@ int cpu_threads(void) { return n_threads > 0 ? n_threads : omp_get_num_procs(); 
 
 // ---------------------------------------------------------------------------- memory
 static void *cpu_alloc(size_t bytes) { return xcalloc(bytes, 1); }
+static void *cpu_try_alloc(size_t bytes) { return calloc(bytes ? bytes : 1, 1); }
 static void cpu_free(void *p) { free(p); }
 static void cpu_copy(void *dst, const void *src, size_t bytes) { if (bytes) memcpy(dst, src, bytes); }
 static void cpu_sync(void) {}
@@ -38,6 +39,7 @@ static const backend cpu_backend = {
     .expert_ffn = cpu_expert_ffn,
     .combine = cpu_combine,
     .argmax = cpu_argmax,
+    .try_alloc = cpu_try_alloc,   // the async copy hooks stay NULL: upload is a memcpy
 };
 
 const backend *backend_cpu(void) { return &cpu_backend; }

@@ -227,6 +227,11 @@ int moe_state_init(moe_state *s, const model *m, int max_tokens) {
     if (placement_init(&p, E, m->n_ranks, &err) != 0) die("%s", err.msg);
     CHECK(placement_first(&p, m->rank) == m->first_expert && placement_count(&p, m->rank) == m->n_local_experts);
     s->exchange = moe_exchange_new(&p, m->rank, d);
+    // ye at its worst case now rather than grown in a step: every rank's max_tokens tokens,
+    // each choosing up to min(k, local experts) of ours.
+    int per_token = k < m->n_local_experts ? k : m->n_local_experts;
+    s->ye_cap = (size_t)m->n_ranks * (size_t)max_tokens * (size_t)per_token;
+    s->ye = xmalloc((s->ye_cap ? s->ye_cap : 1) * (size_t)d * sizeof(float));
     return 0;
 }
 
@@ -274,7 +279,7 @@ int moe_forward(const model *m, int l, moe_state *s, comm *c, const float *xn, i
         die("layer %d: dispatch: %s", l, err.msg);
     double t2 = now_seconds();
 
-    if ((size_t)rows > s->ye_cap) {
+    if ((size_t)rows > s->ye_cap) {   // not reached: ye_cap is the worst case (kept as a guard)
         free(s->ye);
         s->ye_cap = (size_t)rows + (size_t)rows / 2;
         s->ye = xmalloc(s->ye_cap * (size_t)d * sizeof(float));

@@ -11,6 +11,19 @@ void backend_cpu_set_threads(int n) { n_threads = n > 0 ? n : 0; }
 
 int cpu_threads(void) { return n_threads > 0 ? n_threads : omp_get_num_procs(); }
 
+// ---------------------------------------------------------------------------- scratch
+static struct { void *p; size_t cap; } scratch[CPU_SCRATCH_N];
+
+void *cpu_scratch(int id, size_t bytes) {
+    CHECK(id >= 0 && id < CPU_SCRATCH_N);
+    if (bytes > scratch[id].cap) {
+        free(scratch[id].p);
+        scratch[id].cap = bytes + bytes / 4;   // some headroom: prefill chunks vary in size
+        scratch[id].p = xmalloc(scratch[id].cap);
+    }
+    return scratch[id].p;
+}
+
 // ---------------------------------------------------------------------------- memory
 static void *cpu_alloc(size_t bytes) { return xcalloc(bytes, 1); }
 static void *cpu_try_alloc(size_t bytes) { return calloc(bytes ? bytes : 1, 1); }

@@ -18,6 +18,8 @@ typedef struct {
 
 // One layer's experts held by this rank: w1 = gate [ff, d], w3 = up [ff, d], w2 = down [d, ff].
 // Each expert may have its own ff (identity slices of an FFN that E does not divide).
+// An expert with zero rows is never read: in memory mode (runtime/expert_cache.h) its data
+// may be a host pointer or a pool slot that now holds another expert; only shapes are valid.
 typedef struct {
     int n_experts;
     const weight_t *w1, *w3, *w2;   // arrays of n_experts
@@ -70,6 +72,23 @@ typedef struct backend {
     void (*combine)(float *out, const float *y, const int32_t *row, const float *weight, int n, int k, int dim);
     // out[i] = index of the largest logits[i, :] (lowest index on ties)
     void (*argmax)(int32_t *out, const float *logits, int n, int vocab);
+
+    // ------------------------------------------------------------------ optional (may be NULL)
+    // Memory mode (runtime/expert_cache.c) uses these when present and falls back otherwise.
+    // try_alloc: like alloc but returns NULL when memory runs out, so a pool that does not fit
+    // is reported with its size instead of ending the process. NULL: alloc is used.
+    void *(*try_alloc)(size_t bytes);
+    // An asynchronous weight copy engine (a GPU copy stream). NULL: upload is synchronous and
+    // the fences below are never needed. Tickets are opaque, increasing, 0 = nothing to wait for.
+    //   upload_async  enqueues a host -> device copy on the copy stream; returns its ticket
+    //   compute_wait  makes compute issued after this call wait for copy ticket t
+    //   compute_fence returns a ticket for the compute issued so far (an event on the stream)
+    //   copy_wait     makes copies enqueued after this call wait for compute ticket t (a pool
+    //                 slot is overwritten only once the kernels reading it are done)
+    uint64_t (*upload_async)(void *dst, const void *src, size_t bytes);
+    void (*compute_wait)(uint64_t copy_ticket);
+    uint64_t (*compute_fence)(void);
+    void (*copy_wait)(uint64_t compute_ticket);
 } backend;
 
 const backend *backend_cpu(void);

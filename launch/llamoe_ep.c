@@ -51,6 +51,13 @@ static void usage(FILE *f) {
         "  --json            print one JSON object (ids, text, timings) instead of text\n"
         "  --dump-logits F   write float32 logits rows of the first prompt to F\n"
         "  --stats           per layer: tokens per expert and imbalance (max/mean)\n"
+        "  --expert-budget MiB  memory mode: at most MiB of expert weights resident per rank, in\n"
+        "                    a cache filled from the checkpoint (default: throughput mode, all\n"
+        "                    resident); same tokens and logits, see docs/tradeoffs.md\n"
+        "  --expert-prefetch none|router|prev-layer|prev-token  memory mode prefetch (default router)\n"
+        "  --expert-evict lru|layer-lru  memory mode eviction (default layer-lru)\n"
+        "  --expert-madvise on|off  memory mode, CPU: release checkpoint pages of experts once\n"
+        "                    copied into the cache (default on)\n"
         "  --verbose         each rank's binding, experts and memory at start\n"
         "  -h, --help        this text\n");
 }
@@ -58,6 +65,11 @@ static void usage(FILE *f) {
 typedef struct {
     const char *model_dir, *prompt_text, *prompt_ids, *prompts_file, *moe, *dump_logits;
     const char *backend_name, *transport;   // NULL: the default
+    const char *expert_budget;   // as given, for messages; NULL: throughput mode
+    double expert_budget_mib;
+    expert_prefetch prefetch;
+    expert_evict evict;
+    int expert_madvise;
     int n_new, ctx, step_tokens, threads, json, stats, verbose, chat, warmup;
     bind_mode bind;
     float temp, top_p, drop;
@@ -81,7 +93,8 @@ static float parse_float(const char *flag, const char *s, float lo, float hi) {
 
 static void parse_args(int argc, char **argv, options *o) {
     *o = (options){.model_dir = DEFAULT_MODEL, .n_new = 48, .step_tokens = 256, .temp = 0.0f,
-                   .top_p = 1.0f, .drop = 0.5f, .seed = 1234, .bind = BIND_CORES};
+                   .top_p = 1.0f, .drop = 0.5f, .seed = 1234, .bind = BIND_CORES,
+                   .prefetch = PREFETCH_ROUTER, .evict = EVICT_LAYER_LRU, .expert_madvise = 1};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); exit(0); }
@@ -91,7 +104,8 @@ static void parse_args(int argc, char **argv, options *o) {
         if (!strcmp(a, "--chat")) { o->chat = 1; continue; }
         static const char *const takes_value[] = {"-m", "-p", "--ids", "--prompts", "-n", "--temp", "--top-p",
             "--seed", "--moe", "--drop", "--ctx", "--step-tokens", "--threads", "--dump-logits", "--bind",
-            "--backend", "--transport", "--warmup", NULL};
+            "--backend", "--transport", "--warmup", "--expert-budget", "--expert-prefetch", "--expert-evict",
+            "--expert-madvise", NULL};
         int known = 0;
         for (int j = 0; takes_value[j]; j++) known |= !strcmp(a, takes_value[j]);
         if (!known) die("%s: unknown option (see --help)", a);
@@ -118,6 +132,22 @@ static void parse_args(int argc, char **argv, options *o) {
         } else if (!strcmp(a, "--transport")) {
             if (strcmp(v, "mpi") && strcmp(v, "nccl")) die("--transport %s: expected mpi or nccl", v);
             o->transport = v;
+        } else if (!strcmp(a, "--expert-budget")) {
+            char *end;
+            errno = 0;
+            double mib = strtod(v, &end);   // MiB; fractions for tiny models
+            if (errno || *end || end == v || !(mib > 0 && mib <= 1e9))
+                die("--expert-budget %s: expected a size in MiB above 0 (per rank), like 512 or 0.5", v);
+            o->expert_budget = v;
+            o->expert_budget_mib = mib;
+        } else if (!strcmp(a, "--expert-prefetch")) {
+            if (expert_prefetch_parse(v, &o->prefetch) != 0)
+                die("--expert-prefetch %s: expected none, router, prev-layer or prev-token", v);
+        } else if (!strcmp(a, "--expert-evict")) {
+            if (expert_evict_parse(v, &o->evict) != 0) die("--expert-evict %s: expected lru or layer-lru", v);
+        } else if (!strcmp(a, "--expert-madvise")) {
+            if (strcmp(v, "on") && strcmp(v, "off")) die("--expert-madvise %s: expected on or off", v);
+            o->expert_madvise = !strcmp(v, "on");
         }
         else if (!strcmp(a, "--bind")) {
             if (bind_mode_parse(v, &o->bind) != 0) die("--bind %s: expected cores or none", v);
@@ -363,15 +393,20 @@ int main(int argc, char **argv) {
     }
     if (mode_arg) { mode.drop = o.drop; mode.seed = o.seed; }
     model m;
-    if (model_load(&m, o.model_dir, mode_arg, be, c->rank, c->size, &err) != 0) die("%s", err.msg);
+    int memory_mode = o.expert_budget != NULL;
+    model_options mo = {.experts_on_host = memory_mode};
+    if (model_load_opts(&m, o.model_dir, mode_arg, be, c->rank, c->size, &mo, &err) != 0) die("%s", err.msg);
+    if (memory_mode && m.moe.kind == MOE_DENSE) die("--expert-budget %s: the model runs dense (--moe dense): it has no experts to offload", o.expert_budget);
     // A chat turn ends with <|eot_id|>, which base configs do not list as an eos id.
     if (o.chat && tok) {
         int eot = tokenizer_token_id(tok, "<|eot_id|>");
         if (eot >= 0 && !config_is_eos(&m.cfg, eot) && m.cfg.n_eos < CONFIG_MAX_EOS) m.cfg.eos_ids[m.cfg.n_eos++] = eot;
     }
     // On a terminal, a large checkpoint is read here with progress rather than as page faults
-    // in the first step (rank 0 only: other ranks touch only what they use).
-    if (c->rank == 0 && !o.json && isatty(2) && st_total_bytes(&m.st) > (64u << 20)) prefault_weights(&m.st);
+    // in the first step (rank 0 only: other ranks touch only what they use). Not in memory
+    // mode: touching every page would make the whole checkpoint resident.
+    if (c->rank == 0 && !o.json && !memory_mode && isatty(2) && st_total_bytes(&m.st) > (64u << 20))
+        prefault_weights(&m.st);
     double t_loaded = now_seconds();
 
     // Prompts: all ranks read them; sequence i lives on rank i % P.
@@ -412,12 +447,23 @@ int main(int argc, char **argv) {
 
     run_state rs;
     run_state_init(&rs, &m, o.step_tokens, n_local ? n_local : 1, ctx);
+    expert_cache *cache = NULL;
+    if (memory_mode) {
+        expert_cache_options eo = {.budget_bytes = (size_t)(o.expert_budget_mib * 1048576.0), .prefetch = o.prefetch,
+                                   .evict = o.evict, .release_pages = o.expert_madvise};
+        if (!(cache = expert_cache_new(&m, &eo, &err))) die("--expert-budget %s MiB: %s", o.expert_budget, err.msg);
+        rs.moe.cache = cache;
+    }
     if (o.verbose) {
         char mb[64];
         fprintf(stderr, "llamoe: %s; backend %s, transport %s; moe %s; experts %d..%d of %d; expert weights %.1f MiB, other weights %.1f MiB, activations+KV %.1f MiB; %d sequence(s)\n",
                 binding.desc, be->name, c->name, moe_mode_str(&m.moe, mb, sizeof mb), m.first_expert,
                 m.first_expert + m.n_local_experts - 1, m.moe.n_experts, m.expert_bytes / 1048576.0,
                 m.weight_bytes / 1048576.0, rs.bytes / 1048576.0, n_local);
+        if (cache)
+            fprintf(stderr, "llamoe: rank %d/%d: memory mode: expert cache of %d slots x %.2f MiB (budget %s MiB), evict %s, prefetch %s\n",
+                    c->rank, c->size, expert_cache_slots(cache), expert_cache_slot_bytes(&m) / 1048576.0, o.expert_budget,
+                    expert_evict_name(expert_cache_policy(cache)), expert_prefetch_name(o.prefetch));
     }
 
     // Warm-up (benchmarks): the same prompts through the same loop, then every timer and
@@ -534,6 +580,23 @@ int main(int argc, char **argv) {
     if (c->allreduce_sum_i64(c, sum_i, B_N) != 0) die("gathering statistics failed");
     for (int i = 0; i < B_N; i++) sum_b[i] = sum_i[i] / 1e9;
 
+    // Memory mode counters, summed over ranks (copy times in ns).
+    enum { C_LOOKUPS, C_HITS, C_PHITS, C_MISSES, C_PREFETCHES, C_WASTED, C_EVICTIONS, C_GROUPS, C_MOVED,
+           C_PREFETCHED, C_RELEASED, C_T_DEMAND, C_T_PREFETCH, C_SLOTS, C_N };
+    int64_t cs[C_N] = {0};
+    if (cache) {
+        expert_cache_stats es;
+        expert_cache_get_stats(cache, &es);
+        int64_t v[C_N] = {es.lookups, es.hits, es.prefetch_hits, es.misses, es.prefetches, es.prefetch_wasted,
+                          es.evictions, es.groups, (int64_t)es.bytes_moved, (int64_t)es.bytes_prefetched,
+                          (int64_t)es.bytes_released, llround(es.t_demand * 1e9), llround(es.t_prefetch * 1e9),
+                          expert_cache_slots(cache)};
+        memcpy(cs, v, sizeof cs);
+        if (c->allreduce_sum_i64(c, cs, C_N) != 0) die("gathering statistics failed");
+    }
+    double hit_rate = cs[C_LOOKUPS] ? (double)cs[C_HITS] / cs[C_LOOKUPS] : 0;
+    double hit_rate_pf = cs[C_LOOKUPS] ? (double)(cs[C_HITS] + cs[C_PHITS]) / cs[C_LOOKUPS] : 0;
+
     if (c->rank == 0) {
         int32_t **out_ids = xcalloc((size_t)n_prompts, sizeof(int32_t *));
         int *out_n = xcalloc((size_t)n_prompts, sizeof(int)), *out_stop = xcalloc((size_t)n_prompts, sizeof(int));
@@ -605,6 +668,20 @@ int main(int argc, char **argv) {
             json_object_object_add(root, "per_rank_max", bmax);
             json_object_object_add(root, "per_rank_mean", bmean);
             json_object_object_add(root, "per_rank_min", bmin);
+            if (cache) {
+                json_object *ej = json_object_new_object();
+                static const char *const names[C_N] = {"lookups", "hits", "prefetch_hits", "misses", "prefetches",
+                    "prefetch_wasted", "evictions", "groups", "bytes_moved", "bytes_prefetched", "bytes_released",
+                    "demand_copy_ns", "prefetch_copy_ns", "slots"};
+                json_object_object_add(ej, "budget_mib_per_rank", json_object_new_double(o.expert_budget_mib));
+                json_object_object_add(ej, "slot_mib", json_object_new_double(expert_cache_slot_bytes(&m) / 1048576.0));
+                json_object_object_add(ej, "evict", json_object_new_string(expert_evict_name(expert_cache_policy(cache))));
+                json_object_object_add(ej, "prefetch", json_object_new_string(expert_prefetch_name(o.prefetch)));
+                for (int i = 0; i < C_N; i++) json_object_object_add(ej, names[i], json_object_new_int64(cs[i]));
+                json_object_object_add(ej, "hit_rate", json_object_new_double(hit_rate));
+                json_object_object_add(ej, "hit_rate_with_prefetch", json_object_new_double(hit_rate_pf));
+                json_object_object_add(root, "expert_cache", ej);
+            }
             if (o.stats && m.moe.kind != MOE_DENSE) {
                 json_object *st = json_object_new_array();
                 for (int l = 0; l < L; l++) {
@@ -635,6 +712,10 @@ int main(int argc, char **argv) {
                     moe_mode_str(&m.moe, mb, sizeof mb), P, n_prompts, load_s, (long long)gs.prefill_tokens,
                     gs.prefill_s > 0 ? gs.prefill_tokens / gs.prefill_s : 0.0, (long long)gs.decode_tokens,
                     gs.decode_s > 0 ? gs.decode_tokens / gs.decode_s : 0.0, peak_rss_mb[0]);
+            if (cache)
+                fprintf(stderr, "llamoe: memory mode: %s MiB per rank (%lld slots over all ranks); %lld expert uses: hits %.1f%%, with prefetch (%s) %.1f%%; %.1f MiB copied, %lld evictions\n",
+                        o.expert_budget, (long long)cs[C_SLOTS], (long long)cs[C_LOOKUPS], 100 * hit_rate,
+                        expert_prefetch_name(o.prefetch), 100 * hit_rate_pf, cs[C_MOVED] / 1048576.0, (long long)cs[C_EVICTIONS]);
         }
         if (o.stats && m.moe.kind != MOE_DENSE) {
             FILE *f = o.json ? stderr : stdout;
@@ -657,6 +738,7 @@ int main(int argc, char **argv) {
     free(prompts);
     if (sc.stream) tokenizer_stream_free(sc.stream);
     run_state_free(&rs, &m);
+    expert_cache_free(cache);
     model_free(&m);
     tokenizer_free(tok);
     c->free(c);

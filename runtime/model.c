@@ -78,8 +78,14 @@ void rope_inv_freq(const llama_config *c, float *inv_freq) {
 // ---------------------------------------------------------------------------- load
 int model_load(model *m, const char *dir, const moe_mode *mode, const backend *be,
                int rank, int n_ranks, llamoe_err *err) {
+    return model_load_opts(m, dir, mode, be, rank, n_ranks, NULL, err);
+}
+
+int model_load_opts(model *m, const char *dir, const moe_mode *mode, const backend *be,
+                    int rank, int n_ranks, const model_options *o, llamoe_err *err) {
     memset(m, 0, sizeof *m);
     m->be = be;
+    m->experts_on_host = o && o->experts_on_host;
     m->rank = rank;
     m->n_ranks = n_ranks;
     m->dir = xstrdup(dir);

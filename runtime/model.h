@@ -37,6 +37,9 @@ typedef struct {
     int first_expert, n_local_experts;
     size_t expert_bytes;                  // bytes of this rank's expert weights (all layers)
     size_t weight_bytes;                  // bytes of every other weight
+    int experts_on_host;                  // memory mode: w1/w3/w2 stay host memory (views or
+                                          // production buffers); runtime/expert_cache.c copies
+                                          // the ones in use into a bounded backend pool
     void *router_memory;                  // generated routers (upcycle, production), owned
 } model;
 
@@ -45,6 +48,13 @@ typedef struct {
 // Only the experts of `rank` out of `n_ranks` are built. Returns -1 with err on bad input.
 int model_load(model *m, const char *dir, const moe_mode *mode, const backend *be,
                int rank, int n_ranks, llamoe_err *err);
+
+typedef struct {
+    int experts_on_host;   // memory mode (--expert-budget): never place experts on the backend
+} model_options;
+// model_load with options (o may be NULL: the defaults, as model_load).
+int model_load_opts(model *m, const char *dir, const moe_mode *mode, const backend *be,
+                    int rank, int n_ranks, const model_options *o, llamoe_err *err);
 void model_free(model *m);
 
 // A host view of tensor `name`, which must be [rows, cols]; err names file/tensor/field.

@@ -172,13 +172,15 @@ int moe_build_layer(model *m, int l, llamoe_err *err) {
     L->w1 = xcalloc((size_t)n_local, sizeof(weight_t));
     L->w3 = xcalloc((size_t)n_local, sizeof(weight_t));
     L->w2 = xcalloc((size_t)n_local, sizeof(weight_t));
+    // Memory mode keeps the host copies: they are the source the expert cache fetches from.
+    int place = !m->experts_on_host;
     for (int i = 0; i < n_local; i++) {
-        L->w1[i] = model_place_weight(m, host[3 * i]);
-        L->w3[i] = model_place_weight(m, host[3 * i + 1]);
-        L->w2[i] = model_place_weight(m, host[3 * i + 2]);
+        L->w1[i] = place ? model_place_weight(m, host[3 * i]) : host[3 * i];
+        L->w3[i] = place ? model_place_weight(m, host[3 * i + 1]) : host[3 * i + 1];
+        L->w2[i] = place ? model_place_weight(m, host[3 * i + 2]) : host[3 * i + 2];
     }
     free(host);
-    if (m->be->device_memory && L->expert_memory) { free(L->expert_memory); L->expert_memory = NULL; }
+    if (place && m->be->device_memory && L->expert_memory) { free(L->expert_memory); L->expert_memory = NULL; }
     L->experts = (expert_set){.n_experts = n_local, .w1 = L->w1, .w3 = L->w3, .w2 = L->w2};
     return 0;
 }
@@ -189,7 +191,7 @@ void moe_free_layer(model *m, layer_weights *L) {
         be->free((void *)L->dense_gate.data);
         be->free((void *)L->dense_up.data);
         be->free((void *)L->dense_down.data);
-        for (int i = 0; L->w1 && i < L->experts.n_experts; i++) {
+        for (int i = 0; L->w1 && !m->experts_on_host && i < L->experts.n_experts; i++) {
             be->free((void *)L->w1[i].data);
             be->free((void *)L->w3[i].data);
             be->free((void *)L->w2[i].data);
@@ -240,6 +242,11 @@ int moe_state_init(moe_state *s, const model *m, int max_tokens) {
     if (placement_init(&p, E, m->n_ranks, &err) != 0) die("%s", err.msg);
     CHECK(placement_first(&p, m->rank) == m->first_expert && placement_count(&p, m->rank) == m->n_local_experts);
     s->exchange = moe_exchange_new(&p, m->rank, d);
+    // ye at its worst case now rather than grown in a step: every rank's max_tokens tokens,
+    // each choosing up to min(k, local experts) of ours.
+    int per_token = k < m->n_local_experts ? k : m->n_local_experts;
+    s->ye_cap = (size_t)m->n_ranks * (size_t)max_tokens * (size_t)per_token;
+    s->ye = xmalloc((s->ye_cap ? s->ye_cap : 1) * (size_t)d * sizeof(float));
     return 0;
 }
 
@@ -365,6 +372,7 @@ int moe_forward(const model *m, int l, moe_state *s, comm *c, const float *xn, i
     }
     int64_t *counts = s->tokens_per_expert + (size_t)l * E;
     for (int i = 0; i < n * k; i++) counts[s->expert[i]]++;
+    if (s->cache) expert_cache_routed(s->cache, l, s->expert, n, k);   // may prefetch
     double t1 = now_seconds();
     if (be->device_memory) return moe_forward_device(m, l, s, c, xn, n, out, t0, t1);   // CUDA
 
@@ -377,12 +385,20 @@ int moe_forward(const model *m, int l, moe_state *s, comm *c, const float *xn, i
         die("layer %d: dispatch: %s", l, err.msg);
     double t2 = now_seconds();
 
-    if ((size_t)rows > s->ye_cap) {
+    if ((size_t)rows > s->ye_cap) {   // not reached: ye_cap is the worst case (kept as a guard)
         free(s->ye);
         s->ye_cap = (size_t)rows + (size_t)rows / 2;
         s->ye = xmalloc(s->ye_cap * (size_t)d * sizeof(float));
     }
-    be->expert_ffn(s->ye, xe, offsets, &L->experts);
+    if (s->cache) {
+        // Memory mode: the experts with rows, resident in the pool, in groups that fit it.
+        expert_set set;
+        int first;
+        for (expert_cache_begin(s->cache, l, offsets); expert_cache_next(s->cache, &set, &first);)
+            be->expert_ffn(s->ye, xe, offsets + first, &set);
+    } else {
+        be->expert_ffn(s->ye, xe, offsets, &L->experts);
+    }
     double t3 = now_seconds();
 
     // Combine: every (token, expert) output comes home in fp32 and is summed in expert order.

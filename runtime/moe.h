@@ -1,6 +1,7 @@
 // MoE layers: building this rank's experts and router from a dense or Mixtral checkpoint,
 // and the MoE FFN of one layer for one step (route, dispatch, grouped FFN, combine).
 #pragma once
+#include "expert_cache.h"
 #include "model.h"
 #include "parallel/comm.h"
 #include "parallel/dispatch.h"
@@ -24,6 +25,7 @@ typedef struct {
     float *ye;                 // [rows received, d], grown as needed
     size_t ye_cap;             // rows
     moe_exchange *exchange;
+    expert_cache *cache;       // memory mode (--expert-budget), or NULL; not owned
     int64_t *tokens_per_expert;   // [n_layers, E]: choices made by this rank's tokens
     size_t bytes_sent, bytes_recv;
     size_t dispatch_sent;         // of bytes_sent, the dispatch part (rows + metadata)

@@ -29,9 +29,12 @@ void cpu_attention(float *out, const float *q, const float *k_cache, const float
     for (int i = 0; i < n; i++) max_pos = pos[i] > max_pos ? pos[i] : max_pos;
     int64_t items = (int64_t)n * n_kv_heads;
 
-#pragma omp parallel num_threads(cpu_threads()) if (items > 1)
+    int threads = cpu_threads();
+    size_t per_thread = (size_t)group * (size_t)(max_pos + 1);
+    float *scores = cpu_scratch(CPU_SCRATCH_ATTENTION, (size_t)threads * per_thread * sizeof(float));
+#pragma omp parallel num_threads(threads) if (items > 1)
     {
-        float *score = xmalloc((size_t)group * (size_t)(max_pos + 1) * sizeof(float));
+        float *score = scores + (size_t)omp_get_thread_num() * per_thread;
 #pragma omp for schedule(dynamic, 1)
         for (int64_t it = 0; it < items; it++) {
             int i = (int)(it / n_kv_heads), g = (int)(it % n_kv_heads);
@@ -74,6 +77,5 @@ void cpu_attention(float *out, const float *q, const float *k_cache, const float
                 for (int j = 0; j < head_dim; j++) o[j] *= inv;
             }
         }
-        free(score);
     }
 }

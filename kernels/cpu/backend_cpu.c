@@ -11,8 +11,22 @@ void backend_cpu_set_threads(int n) { n_threads = n > 0 ? n : 0; }
 
 int cpu_threads(void) { return n_threads > 0 ? n_threads : omp_get_num_procs(); }
 
+// ---------------------------------------------------------------------------- scratch
+static struct { void *p; size_t cap; } scratch[CPU_SCRATCH_N];
+
+void *cpu_scratch(int id, size_t bytes) {
+    CHECK(id >= 0 && id < CPU_SCRATCH_N);
+    if (bytes > scratch[id].cap) {
+        free(scratch[id].p);
+        scratch[id].cap = bytes + bytes / 4;   // some headroom: prefill chunks vary in size
+        scratch[id].p = xmalloc(scratch[id].cap);
+    }
+    return scratch[id].p;
+}
+
 // ---------------------------------------------------------------------------- memory
 static void *cpu_alloc(size_t bytes) { return xcalloc(bytes, 1); }
+static void *cpu_try_alloc(size_t bytes) { return calloc(bytes ? bytes : 1, 1); }
 static void cpu_free(void *p) { free(p); }
 static void cpu_copy(void *dst, const void *src, size_t bytes) { if (bytes) memcpy(dst, src, bytes); }
 static void cpu_sync(void) {}
@@ -38,6 +52,7 @@ static const backend cpu_backend = {
     .expert_ffn = cpu_expert_ffn,
     .combine = cpu_combine,
     .argmax = cpu_argmax,
+    .try_alloc = cpu_try_alloc,   // the async copy hooks stay NULL: upload is a memcpy
 };
 
 const backend *backend_cpu(void) { return &cpu_backend; }

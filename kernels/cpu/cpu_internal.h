@@ -9,6 +9,13 @@
 // Threads used by every parallel region of the CPU backend (backend_cpu_set_threads).
 int cpu_threads(void);
 
+// Grow-only scratch for the ops, so that a step allocates nothing once the largest step has
+// been seen (decode after prefill: none at all). One buffer per CPU_SCRATCH_* id, owned by
+// the backend for the life of the process. Ops are called from one host thread (the runtime's),
+// never concurrently, so ids are per op, not per thread. Contents are not kept across calls.
+enum { CPU_SCRATCH_ATTENTION, CPU_SCRATCH_ROUTER, CPU_SCRATCH_FFN_G, CPU_SCRATCH_FFN_U, CPU_SCRATCH_FFN_ITEMS, CPU_SCRATCH_N };
+void *cpu_scratch(int id, size_t bytes);
+
 // ---------------------------------------------------------------------------- vectors
 // 16 fp32 lanes: one AVX-512 register, two AVX2 registers. Lane-wise vector arithmetic has
 // the same IEEE result whatever the ISA, so the lane count (not the register width) fixes

@@ -10,8 +10,8 @@
 // ones, written in ascending expert order.
 void cpu_router_topk(int32_t *expert, float *weight, const float *logits, int n, int n_experts, int k) {
     CHECK(k >= 1 && k <= n_experts);
-    float *p = xmalloc((size_t)n_experts * sizeof(float));
-    unsigned char *kept = xmalloc((size_t)n_experts);
+    float *p = cpu_scratch(CPU_SCRATCH_ROUTER, (size_t)n_experts * (sizeof(float) + 1));
+    unsigned char *kept = (unsigned char *)(p + n_experts);
     for (int i = 0; i < n; i++) {
         const float *l = logits + (size_t)i * n_experts;
         float m = l[0], sum = 0.0f;
@@ -41,8 +41,6 @@ void cpu_router_topk(int32_t *expert, float *weight, const float *logits, int n,
                 j++;
             }
     }
-    free(kept);
-    free(p);
 }
 
 void cpu_gather_rows(float *out, const float *x, const int32_t *rows, int n, int dim) {
@@ -70,7 +68,15 @@ void cpu_expert_ffn(float *out, const float *x, const int64_t *offsets, const ex
     if (E <= 0 || offsets[E] <= offsets[0]) return;
     int64_t d = ex->w2[0].rows;
     // g (gate, then the activation) and u per expert: [tokens of e, ff of e], packed.
-    size_t *hoff = xmalloc(((size_t)E + 1) * sizeof(size_t));
+    // Scratch: hoff[E + 1] then the up and down item lists (at most one item per 40 rows of
+    // each expert), sized before they are filled.
+    int64_t max_items = 0;
+    for (int e = 0; e < E; e++)
+        max_items += (ex->w1[e].rows + FFN_ROW_CHUNK - 1) / FFN_ROW_CHUNK + (d + FFN_ROW_CHUNK - 1) / FFN_ROW_CHUNK;
+    size_t hoff_bytes = ((size_t)E + 1) * sizeof(size_t);
+    hoff_bytes = (hoff_bytes + sizeof(ffn_item) - 1) / sizeof(ffn_item) * sizeof(ffn_item);
+    uint8_t *items = cpu_scratch(CPU_SCRATCH_FFN_ITEMS, hoff_bytes + ((size_t)max_items + 2) * sizeof(ffn_item));
+    size_t *hoff = (size_t *)items;
     int64_t n_up = 0, n_down = 0;
     hoff[0] = 0;
     for (int e = 0; e < E; e++) {
@@ -84,9 +90,9 @@ void cpu_expert_ffn(float *out, const float *x, const int64_t *offsets, const ex
             n_down += (d + FFN_ROW_CHUNK - 1) / FFN_ROW_CHUNK;
         }
     }
-    float *g = xmalloc(hoff[E] * sizeof(float)), *u = xmalloc(hoff[E] * sizeof(float));
-    ffn_item *up = xmalloc((size_t)(n_up + 1) * sizeof(ffn_item));
-    ffn_item *down = xmalloc((size_t)(n_down + 1) * sizeof(ffn_item));
+    float *g = cpu_scratch(CPU_SCRATCH_FFN_G, hoff[E] * sizeof(float));
+    float *u = cpu_scratch(CPU_SCRATCH_FFN_U, hoff[E] * sizeof(float));
+    ffn_item *up = (ffn_item *)(items + hoff_bytes), *down = up + n_up + 1;
     n_up = n_down = 0;
     for (int e = 0; e < E; e++) {
         if (offsets[e + 1] == offsets[e]) continue;
@@ -117,11 +123,6 @@ void cpu_expert_ffn(float *out, const float *x, const int64_t *offsets, const ex
                             &ex->w2[w.e], w.r0, w.r1);
         }
     }
-    free(down);
-    free(up);
-    free(u);
-    free(g);
-    free(hoff);
 }
 
 // ---------------------------------------------------------------------------- combine

@@ -130,6 +130,55 @@ static void *cu_alloc(size_t bytes) {
     return p;
 }
 
+// For memory mode's pool: NULL when the device is full, so the caller can say what it asked for.
+static void *cu_try_alloc(size_t bytes) {
+    void *p = NULL;
+    if (!bytes) return NULL;
+    if (cudaMalloc(&p, bytes) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return NULL;
+    }
+    return p;
+}
+
+// ---------------------------------------------------------------------------- copy stream
+// Memory mode's asynchronous expert copies run on a second stream; tickets are events. The
+// ring of events is reused: waiting on a ticket whose event was recorded again later waits
+// for that later point, which is longer than needed but never too short.
+#define COPY_TICKETS 256
+static struct {
+    cudaStream_t stream;
+    cudaEvent_t event[COPY_TICKETS];
+    uint64_t next;
+} copy;
+
+static uint64_t record_ticket(cudaStream_t s) {
+    if (!copy.stream) {
+        cudaCheck(cudaStreamCreateWithFlags(&copy.stream, cudaStreamNonBlocking));
+        for (int i = 0; i < COPY_TICKETS; i++) cudaCheck(cudaEventCreateWithFlags(&copy.event[i], cudaEventDisableTiming));
+        copy.next = 1;
+    }
+    uint64_t t = copy.next++;
+    cudaCheck(cudaEventRecord(copy.event[t % COPY_TICKETS], s));
+    return t;
+}
+
+static uint64_t cu_upload_async(void *dst, const void *src, size_t bytes) {
+    if (!copy.stream) record_ticket(ctx.stream);   // creates the stream
+    cudaCheck(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, copy.stream));
+    return record_ticket(copy.stream);
+}
+
+static void cu_compute_wait(uint64_t t) {
+    if (t) cudaCheck(cudaStreamWaitEvent(ctx.stream, copy.event[t % COPY_TICKETS], 0));
+}
+
+static uint64_t cu_compute_fence(void) { return record_ticket(ctx.stream); }
+
+static void cu_copy_wait(uint64_t t) {
+    if (t && copy.stream) cudaCheck(cudaStreamWaitEvent(copy.stream, copy.event[t % COPY_TICKETS], 0));
+}
+
 static void cu_free(void *p) {
     if (p) cudaCheck(cudaFree(p));   // synchronises the device: no kernel still uses p
 }
@@ -216,6 +265,11 @@ static const backend cuda_backend = {
     .expert_ffn = cuda_expert_ffn,
     .combine = cuda_combine,
     .argmax = cuda_argmax,
+    .try_alloc = cu_try_alloc,
+    .upload_async = cu_upload_async,
+    .compute_wait = cu_compute_wait,
+    .compute_fence = cu_compute_fence,
+    .copy_wait = cu_copy_wait,
 };
 
 extern "C" const backend *backend_cuda(void) {

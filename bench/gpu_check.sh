@@ -175,7 +175,7 @@ export M8B MKLOG PREFILL
 
 # ---------------------------------------------------------------------------- the checks
 ops_fn() { needs_gpu; "$BUILD/test_ops_cuda" "$SRC" --json "$WORK/ops_cuda.json"; }
-expected_cuda_fn() { needs_gpu; "$BUILD/test_expected_cuda" "$SRC"; }
+expected_cuda_fn() { needs_gpu; "$BUILD/test_expected" "$SRC" --backend cuda; }
 expected_ep_fn() {
   $PY "$SRC/bench/gpu_check_tools.py" expected --ep "$BUILD/llamoe-ep" --src "$SRC" --launcher "$MPIRUN -np 1" --backend "$BACKEND" \
     --modes dense,identity:8,upcycle:8:2 --json "$WORK/expected_ep.json"

@@ -117,6 +117,9 @@ foreach(src ${LLAMOE_CUDA_TESTS})
   add_test(NAME ${stem} COMMAND ${stem} ${CMAKE_SOURCE_DIR})
   set_tests_properties(${stem} PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE 77)
 endforeach()
+# The bundled model's expected tokens on the GPU: the CPU test program with --backend cuda.
+add_test(NAME test_expected_cuda COMMAND test_expected ${CMAKE_SOURCE_DIR} --backend cuda)
+set_tests_properties(test_expected_cuda PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE 77)
 # tests/cuda/check_*.c: helper programs that the GPU check script drives under mpirun.
 file(GLOB LLAMOE_CUDA_CHECKS CONFIGURE_DEPENDS tests/cuda/check_*.c)
 foreach(src ${LLAMOE_CUDA_CHECKS})

@@ -1,5 +1,6 @@
 // The step loop and sampling.
 #include "generate.h"
+#include "fault.h"
 
 #include <math.h>
 #include <string.h>
@@ -128,6 +129,7 @@ int generate(const model *m, run_state *s, comm *c, sequence *seqs, int n_seqs,
         int64_t work[2] = {n > 0, has_prompt};
         if (c->allreduce_sum_i64(c, work, 2) != 0) { rc = fail(err, "allreduce failed"); break; }
         if (work[0] == 0) break;
+        fault_step(stats->steps);   // LLAMOE_FAULT test hook (runtime/fault.h); no-op when unset
 
         double t0 = now_seconds();
         if (forward(m, s, c, tokens, slot, pos, n, logit_rows, n_logits, logits) != 0) {

@@ -294,12 +294,15 @@ static int shard_name_ok(const char *s) {
     return name_ok(s) && !strchr(s, '/') && strcmp(s, ".") && strcmp(s, "..");
 }
 
-static int open_index(st_set *s, const char *dir, const char *index_path, llamoe_err *err) {
-    char *text = read_text_file(index_path, ST_MAX_INDEX, NULL, err);
-    if (!text) return -1;
+// The weight_map of an index file: name -> shard pairs, pointers into *root_out (alive until
+// json_object_put). On failure everything is freed and -1 returned with err.
+static int index_parse(const char *index_path, const char *text, size_t len, json_object **root_out,
+                       const char ***names_out, const char ***shards_out, int *n_out, llamoe_err *err) {
+    *root_out = NULL;
+    *names_out = *shards_out = NULL;
+    *n_out = 0;
     char why[160];
-    json_object *root = parse_json_exact(text, strlen(text), why, sizeof why);
-    free(text);
+    json_object *root = parse_json_exact(text, len, why, sizeof why);
     if (!root) return fail(err, "%s: %s", index_path, why);
 
     json_object *wm = NULL;
@@ -329,6 +332,38 @@ static int open_index(st_set *s, const char *dir, const char *index_path, llamoe
             n_map++;
         }
     }
+    if (rc != 0) {
+        free(names);
+        free(shards);
+        json_object_put(root);
+        return -1;
+    }
+    *root_out = root;
+    *names_out = names;
+    *shards_out = shards;
+    *n_out = n_map;
+    return 0;
+}
+
+int st_index_parse(const char *path, const char *text, size_t len, int *n_entries, llamoe_err *err) {
+    json_object *root;
+    const char **names, **shards;
+    if (index_parse(path, text, len, &root, &names, &shards, n_entries, err) != 0) return -1;
+    free(names);
+    free(shards);
+    json_object_put(root);
+    return 0;
+}
+
+static int open_index(st_set *s, const char *dir, const char *index_path, llamoe_err *err) {
+    size_t len;
+    char *text = read_text_file(index_path, ST_MAX_INDEX, &len, err);
+    if (!text) return -1;
+    json_object *root;
+    const char **names, **shards;
+    int n_map, rc = index_parse(index_path, text, len, &root, &names, &shards, &n_map, err);
+    free(text);
+    if (rc != 0) return -1;
 
     // Each distinct shard is opened once; file_index is its place in the sorted unique list.
     const char **uniq = NULL;

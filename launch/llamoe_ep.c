@@ -108,25 +108,22 @@ static json_object *ids_json(const int32_t *ids, int n) {
     return a;
 }
 
-// Writes logits to a temporary name; renamed into place only when generation succeeded.
+// Logits go to an unnamed temporary file (out_file, runtime/common.h), linked into place only
+// when generation succeeded: a failed or killed run leaves no half file.
 typedef struct {
+    out_file o;
     FILE *f;
-    char tmp[4096];
-    const char *path;
 } atomic_file;
 
 static void atomic_open(atomic_file *a, const char *path) {
-    a->path = path;
-    snprintf(a->tmp, sizeof a->tmp, "%s.tmp.%d", path, (int)getpid());
-    a->f = fopen(a->tmp, "wb");
-    if (!a->f) die("--dump-logits %s: cannot create: %s", path, strerror(errno));
+    llamoe_err err;
+    if (out_file_open(&a->o, path, &err) != 0) die("--dump-logits %s", err.msg);
+    a->f = a->o.f;
 }
 
 static void atomic_commit(atomic_file *a) {
-    if (fclose(a->f) != 0 || rename(a->tmp, a->path) != 0) {
-        unlink(a->tmp);
-        die("--dump-logits %s: cannot write: %s", a->path, strerror(errno));
-    }
+    llamoe_err err;
+    if (out_file_commit(&a->o, &err) != 0) die("--dump-logits %s", err.msg);
 }
 
 // Touches every page of the checkpoint so that the load happens here, with progress on a

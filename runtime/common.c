@@ -1,3 +1,4 @@
+#define _GNU_SOURCE   // O_TMPFILE (out_file)
 #include "common.h"
 
 #include <errno.h>
@@ -19,6 +20,23 @@ int fail(llamoe_err *err, const char *fmt, ...) {
     }
     return -1;
 }
+
+// ---------------------------------------------------------------------------- sanitizer build
+// LLAMOE_SANITIZE=ON: leaks are checked when a process ends normally, not after die(). die()
+// abandons the process's state on purpose (a tokenizer still loaded, buffers of a half-done
+// step), so a leak report there would be noise that hides real ones. LeakSanitizer's own
+// at-exit check is off (default option below) and this atexit handler runs it unless dying.
+#ifdef LLAMOE_SANITIZE
+#include <sanitizer/lsan_interface.h>
+static int dying;
+const char *__asan_default_options(void);
+const char *__asan_default_options(void) { return "leak_check_at_exit=0"; }
+static void leak_check_unless_dying(void) { if (!dying) __lsan_do_leak_check(); }
+__attribute__((constructor)) static void install_leak_check(void) { atexit(leak_check_unless_dying); }
+#define MARK_DYING() (dying = 1)
+#else
+#define MARK_DYING() ((void)0)
+#endif
 
 static abort_fn process_abort = NULL;   // set once by the MPI layer; NULL means exit()
 
@@ -50,6 +68,7 @@ _Noreturn void die(const char *fmt, ...) {
     fflush(stderr);
     for (int i = 0; i < MAX_PENDING; i++)
         if (pending_tmp[i]) unlink(pending_tmp[i]);
+    MARK_DYING();
     if (process_abort) process_abort(1);
     exit(1);
 }

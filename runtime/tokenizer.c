@@ -513,7 +513,7 @@ static int load_model(loader *L, tokenizer *t, json_object *root, json_object *a
     // it 200 MB. Real vocabularies are dense (Llama 3: 128000 + 256 ids, no gap), so ids far
     // beyond the number of tokens listed are refused.
     size_t listed = (size_t)json_object_object_length(vocab) + n_added;
-    if ((uint64_t)max_id >= 2 * (uint64_t)listed + 256)
+    if (max_id >= 0 && (uint64_t)max_id >= 2 * (uint64_t)listed + 256)
         return fail(L->err, "%s: model.vocab: id %lld but only %zu tokens listed (ids must be dense)", L->path,
                     (long long)max_id, listed);
     t->n_ids = (int32_t)(max_id + 1);

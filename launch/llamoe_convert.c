@@ -91,7 +91,7 @@ static void write_json(const char *path, json_object *o) {
 }
 
 static void copy_file_if_present(const char *from_dir, const char *to_dir, const char *name) {
-    char from[4096], to[4096];
+    char from[8192], to[8192];   // room for any directory (4096) plus the name: no truncation
     snprintf(from, sizeof from, "%s/%s", from_dir, name);
     snprintf(to, sizeof to, "%s/%s", to_dir, name);
     if (!file_exists(from)) return;

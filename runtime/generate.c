@@ -2,6 +2,7 @@
 #include "generate.h"
 #include "fault.h"
 
+#include <errno.h>
 #include <math.h>
 #include <string.h>
 
@@ -145,7 +146,7 @@ int generate(const model *m, run_state *s, comm *c, sequence *seqs, int n_seqs,
             sequence *q = &seqs[logit_seq[j]];
             const float *row = lg + (size_t)j * V;
             if (q->index == 0 && o->dump_logits && fwrite(row, sizeof(float), (size_t)V, o->dump_logits) != (size_t)V) {
-                rc = fail(err, "--dump-logits: write failed");
+                rc = fail(err, "--dump-logits: write failed: %s", strerror(errno));
                 break;
             }
             int32_t next = sample_token(row, V, o->temperature, o->top_p, &q->rng, probs);

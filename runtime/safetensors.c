@@ -478,8 +478,9 @@ size_t st_total_bytes(const st_set *s) {
 
 // ---------------------------------------------------------------------------- writer
 struct st_writer {
-    char *path, *tmp_path;
-    int fd;
+    char *path;
+    out_file out;          // unnamed until committed: a killed writer leaves no half file
+    int fd;                // fileno(out.f); data goes through write(2), not the FILE
     int n, cur;            // tensors in the header; the one being written
     char **names;          // for messages
     size_t *nbytes;
@@ -645,15 +646,16 @@ st_writer *st_writer_open(const char *path, const st_write_spec *specs, int n,
 
     st_writer *w = xcalloc(1, sizeof *w);
     w->path = xstrdup(path);
-    w->tmp_path = tmp_name(path);
+    w->fd = -1;
     w->n = n;
     w->nbytes = nbytes;
     w->names = xcalloc((size_t)n, sizeof *w->names);
     for (int i = 0; i < n; i++) w->names[i] = xstrdup(specs[i].name);
-    w->fd = open(w->tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    int rc = 0;
-    if (w->fd < 0) rc = fail(err, "%s: cannot create: %s", w->tmp_path, strerror(errno));
-    else if (write_all(w->fd, head, 8 + hlen) != 0) rc = fail(err, "%s: write failed: %s", w->tmp_path, strerror(errno));
+    int rc = out_file_open(&w->out, path, err);
+    if (rc == 0) {
+        w->fd = fileno(w->out.f);
+        if (write_all(w->fd, head, 8 + hlen) != 0) rc = fail(err, "%s: write failed: %s", w->path, strerror(errno));
+    }
     free(head);
     if (rc != 0) {
         st_writer_close(w, 0, NULL);
@@ -678,7 +680,7 @@ int st_writer_put(st_writer *w, const void *data, size_t nbytes, llamoe_err *err
     }
     if (write_all(w->fd, data, nbytes) != 0) {
         w->failed = 1;
-        return fail(err, "%s: tensor %s: write failed: %s", w->tmp_path, w->names[w->cur], strerror(errno));
+        return fail(err, "%s: tensor %s: write failed: %s", w->path, w->names[w->cur], strerror(errno));
     }
     w->cur_written += nbytes;
     if (w->cur_written == w->nbytes[w->cur]) {
@@ -696,20 +698,17 @@ int st_writer_close(st_writer *w, int commit, llamoe_err *err) {
         else if (w->cur < w->n)
             rc = fail(err, "%s: tensor %s: only %zu of %zu bytes written", w->path, w->names[w->cur],
                       w->cur_written, w->nbytes[w->cur]);
-        else if (fsync(w->fd) != 0) rc = fail(err, "%s: fsync failed: %s", w->tmp_path, strerror(errno));
     }
-    if (w->fd >= 0 && close(w->fd) != 0 && commit && rc == 0)
-        rc = fail(err, "%s: close failed: %s", w->tmp_path, strerror(errno));
-    if (commit && rc == 0) {
-        if (rename(w->tmp_path, w->path) != 0) rc = fail(err, "%s: rename to %s failed: %s", w->tmp_path, w->path, strerror(errno));
+    if (commit && rc == 0) {   // fsync, link, rename over path
+        if (out_file_commit(&w->out, err) != 0) rc = -1;
         else fsync_parent_dir(w->path);
+    } else {
+        out_file_discard(&w->out);
     }
-    if (!commit || rc != 0) unlink(w->tmp_path);
     for (int i = 0; i < w->n; i++) free(w->names[i]);
     free(w->names);
     free(w->nbytes);
     free(w->path);
-    free(w->tmp_path);
     free(w);
     return rc;
 }

@@ -385,7 +385,11 @@ static int open_index(st_set *s, const char *dir, const char *index_path, llamoe
             if (!file_exists(path))
                 rc = fail(err, "%s: named by model.safetensors.index.json but does not exist", path);
             else if (map_and_parse(&s->files[f], path, &ts, &n, err) != 0) rc = -1;
-            else {
+            else if (n > INT32_MAX - 1 - s->n_tensors) {   // the count is an int: bound the sum over shards
+                s->n_files = f + 1;
+                free_tensors(ts, n);
+                rc = fail(err, "%s: more than %d tensors over all shards", path, INT32_MAX - 1);
+            } else {
                 s->n_files = f + 1;
                 s->tensors = realloc(s->tensors, ((size_t)s->n_tensors + (size_t)n + 1) * sizeof *s->tensors);
                 CHECK(s->tensors);

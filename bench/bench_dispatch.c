@@ -123,8 +123,10 @@ int main(int argc, char **argv) {
                    r->dispatch_us, r->combine_us, r->total_us, r->algbw, r->busbw, r->wrong);
     }
     if (c->rank == 0 && json) {
-        FILE *f = fopen(json, "w");
-        if (!f) die("%s: cannot write", json);
+        out_file of;   // written whole or not at all (runtime/common.h)
+        llamoe_err err;
+        if (out_file_open(&of, json, &err) != 0) die("%s", err.msg);
+        FILE *f = of.f;
         fprintf(f, "{\"bench\": \"dispatch\", \"np\": %d, \"local_size\": %d, \"node_cores\": %ld, \"oversubscribed\": %s,\n"
                    " \"d\": %d, \"experts\": %d, \"k\": %d, \"transport\": \"%s\",\n \"results\": [\n",
                 c->size, c->local_size, cores, c->local_size > cores ? "true" : "false", d, E, k, c->name);
@@ -136,7 +138,7 @@ int main(int argc, char **argv) {
                     r->dispatch_us, r->combine_us, r->total_us, r->algbw, r->busbw, r->wrong, i + 1 < n_rows ? "," : "");
         }
         fprintf(f, " ]}\n");
-        fclose(f);
+        if (out_file_commit(&of, &err) != 0) die("%s", err.msg);
     }
     int64_t bad[1] = {n_rows ? rows[n_rows - 1].wrong : 0};
     free(x); free(y); free(expert);

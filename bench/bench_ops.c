@@ -148,8 +148,10 @@ static void bench_attention(int ctx, int n, const int *threads, int n_threads) {
 
 // ---------------------------------------------------------------------------- main
 static void write_json(const char *path) {
-    FILE *f = fopen(path, "w");
-    if (!f) die("%s: cannot write", path);
+    out_file of;   // written whole or not at all (runtime/common.h)
+    llamoe_err err;
+    if (out_file_open(&of, path, &err) != 0) die("%s", err.msg);
+    FILE *f = of.f;
     char cpu[256] = "unknown";
     FILE *ci = fopen("/proc/cpuinfo", "r");
     if (ci) {
@@ -171,7 +173,7 @@ static void write_json(const char *path) {
                 r->threads, r->iters, r->ms, r->mean_ms, r->gflops, r->gbps, (long long)r->wrong, i + 1 < n_results ? "," : "");
     }
     fprintf(f, "  ]\n}\n");
-    fclose(f);
+    if (out_file_commit(&of, &err) != 0) die("%s", err.msg);
 }
 
 int main(int argc, char **argv) {

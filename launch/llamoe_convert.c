@@ -14,7 +14,7 @@
 #include "runtime/model.h"
 
 typedef struct {
-    char name[256];
+    char name[160];
     dtype_t dtype;
     int64_t rows, cols;        // 1-D tensors: rows = n, cols = 0
     weight_t src;              // source view (rows x cols of src may be fewer: zero padding)
@@ -91,7 +91,7 @@ static void write_json(const char *path, json_object *o) {
 }
 
 static void copy_file_if_present(const char *from_dir, const char *to_dir, const char *name) {
-    char from[4096], to[4200];
+    char from[8192], to[8192];   // room for any directory (4096) plus the name: no truncation
     snprintf(from, sizeof from, "%s/%s", from_dir, name);
     snprintf(to, sizeof to, "%s/%s", to_dir, name);
     if (!file_exists(from)) return;

@@ -11,6 +11,8 @@
 
 #include "parallel/comm.h"
 #include "parallel/topology.h"
+#include "runtime/ep_cli.h"
+#include "runtime/fault.h"
 #include "runtime/generate.h"
 #include "runtime/tokenizer.h"
 #ifdef LLAMOE_CUDA
@@ -18,8 +20,7 @@
 #include "parallel/comm_cuda.h"
 #endif
 
-#define DEFAULT_MODEL LLAMOE_SOURCE_DIR "/models/stories260k"
-#define DEFAULT_PROMPT "Once upon a time"
+#define DEFAULT_PROMPT EP_DEFAULT_PROMPT
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -62,100 +63,14 @@ static void usage(FILE *f) {
         "  -h, --help        this text\n");
 }
 
-typedef struct {
-    const char *model_dir, *prompt_text, *prompt_ids, *prompts_file, *moe, *dump_logits;
-    const char *backend_name, *transport;   // NULL: the default
-    const char *expert_budget;   // as given, for messages; NULL: throughput mode
-    double expert_budget_mib;
-    expert_prefetch prefetch;
-    expert_evict evict;
-    int expert_madvise;
-    int n_new, ctx, step_tokens, threads, json, stats, verbose, chat, warmup;
-    bind_mode bind;
-    float temp, top_p, drop;
-    uint64_t seed;
-} options;
-
-static int parse_int(const char *flag, const char *s, int lo, int hi) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || *end || end == s || v < lo || v > hi) die("%s %s: expected an integer in [%d, %d]", flag, s, lo, hi);
-    return (int)v;
-}
-
-static float parse_float(const char *flag, const char *s, float lo, float hi) {
-    char *end;
-    float v = strtof(s, &end);
-    if (*end || end == s || !(v >= lo && v <= hi)) die("%s %s: expected a number in [%g, %g]", flag, s, lo, hi);
-    return v;
-}
+// The parsing itself is in runtime/ep_cli.c (tested and fuzzed without exiting).
+typedef ep_options options;
 
 static void parse_args(int argc, char **argv, options *o) {
-    *o = (options){.model_dir = DEFAULT_MODEL, .n_new = 48, .step_tokens = 256, .temp = 0.0f,
-                   .top_p = 1.0f, .drop = 0.5f, .seed = 1234, .bind = BIND_CORES,
-                   .prefetch = PREFETCH_ROUTER, .evict = EVICT_LAYER_LRU, .expert_madvise = 1};
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); exit(0); }
-        if (!strcmp(a, "--json")) { o->json = 1; continue; }
-        if (!strcmp(a, "--stats")) { o->stats = 1; continue; }
-        if (!strcmp(a, "--verbose")) { o->verbose = 1; continue; }
-        if (!strcmp(a, "--chat")) { o->chat = 1; continue; }
-        static const char *const takes_value[] = {"-m", "-p", "--ids", "--prompts", "-n", "--temp", "--top-p",
-            "--seed", "--moe", "--drop", "--ctx", "--step-tokens", "--threads", "--dump-logits", "--bind",
-            "--backend", "--transport", "--warmup", "--expert-budget", "--expert-prefetch", "--expert-evict",
-            "--expert-madvise", NULL};
-        int known = 0;
-        for (int j = 0; takes_value[j]; j++) known |= !strcmp(a, takes_value[j]);
-        if (!known) die("%s: unknown option (see --help)", a);
-        if (i + 1 >= argc) die("%s: missing value (see --help)", a);
-        const char *v = argv[++i];
-        if (!strcmp(a, "-m")) o->model_dir = v;
-        else if (!strcmp(a, "-p")) o->prompt_text = v;
-        else if (!strcmp(a, "--ids")) o->prompt_ids = v;
-        else if (!strcmp(a, "--prompts")) o->prompts_file = v;
-        else if (!strcmp(a, "-n")) o->n_new = parse_int(a, v, 0, 1 << 24);
-        else if (!strcmp(a, "--temp")) o->temp = parse_float(a, v, 0.0f, 100.0f);
-        else if (!strcmp(a, "--top-p")) o->top_p = parse_float(a, v, 0.0f, 1.0f);
-        else if (!strcmp(a, "--seed")) o->seed = (uint64_t)strtoull(v, NULL, 10);
-        else if (!strcmp(a, "--moe")) o->moe = v;
-        else if (!strcmp(a, "--drop")) o->drop = parse_float(a, v, 0.0f, 1.0f);
-        else if (!strcmp(a, "--ctx")) o->ctx = parse_int(a, v, 1, 1 << 24);
-        else if (!strcmp(a, "--step-tokens")) o->step_tokens = parse_int(a, v, 1, 1 << 16);
-        else if (!strcmp(a, "--threads")) o->threads = parse_int(a, v, 1, 4096);
-        else if (!strcmp(a, "--warmup")) o->warmup = parse_int(a, v, 0, 1 << 24);
-        else if (!strcmp(a, "--dump-logits")) o->dump_logits = v;
-        else if (!strcmp(a, "--backend")) {
-            if (strcmp(v, "cpu") && strcmp(v, "cuda")) die("--backend %s: expected cpu or cuda", v);
-            o->backend_name = v;
-        } else if (!strcmp(a, "--transport")) {
-            if (strcmp(v, "mpi") && strcmp(v, "nccl")) die("--transport %s: expected mpi or nccl", v);
-            o->transport = v;
-        } else if (!strcmp(a, "--expert-budget")) {
-            char *end;
-            errno = 0;
-            double mib = strtod(v, &end);   // MiB; fractions for tiny models
-            if (errno || *end || end == v || !(mib > 0 && mib <= 1e9))
-                die("--expert-budget %s: expected a size in MiB above 0 (per rank), like 512 or 0.5", v);
-            o->expert_budget = v;
-            o->expert_budget_mib = mib;
-        } else if (!strcmp(a, "--expert-prefetch")) {
-            if (expert_prefetch_parse(v, &o->prefetch) != 0)
-                die("--expert-prefetch %s: expected none, router, prev-layer or prev-token", v);
-        } else if (!strcmp(a, "--expert-evict")) {
-            if (expert_evict_parse(v, &o->evict) != 0) die("--expert-evict %s: expected lru or layer-lru", v);
-        } else if (!strcmp(a, "--expert-madvise")) {
-            if (strcmp(v, "on") && strcmp(v, "off")) die("--expert-madvise %s: expected on or off", v);
-            o->expert_madvise = !strcmp(v, "on");
-        }
-        else if (!strcmp(a, "--bind")) {
-            if (bind_mode_parse(v, &o->bind) != 0) die("--bind %s: expected cores or none", v);
-        }
-    }
-    int sources = !!o->prompt_text + !!o->prompt_ids + !!o->prompts_file;
-    if (sources > 1) die("-p, --ids and --prompts are exclusive");
-    if (o->top_p <= 0.0f) die("--top-p %g: must be above 0", o->top_p);
+    llamoe_err err;
+    int rc = ep_parse_args(argc, argv, o, &err);
+    if (rc == 1) { usage(stdout); exit(0); }
+    if (rc != 0) die("%s", err.msg);
 }
 
 // ---------------------------------------------------------------------------- backend
@@ -196,85 +111,21 @@ static const backend *choose_backend(const options *o, comm **c, rank_binding *b
     return backend_cpu();
 }
 
-// ---------------------------------------------------------------------------- prompts
-typedef struct {
-    int32_t *ids;
-    int n;
-} prompt;
-
-// "1,403, 407" or "1 403 407" -> ids; -1 if the text is not a list of integers.
-static int parse_id_list(const char *s, prompt *p) {
-    int cap = 16;
-    p->ids = xmalloc((size_t)cap * sizeof(int32_t));
-    p->n = 0;
-    const char *c = s;
-    while (*c) {
-        while (*c == ' ' || *c == ',' || *c == '\t' || *c == '\r') c++;
-        if (!*c) break;
-        if (!isdigit((unsigned char)*c) && *c != '-') goto not_ids;
-        char *end;
-        errno = 0;
-        long v = strtol(c, &end, 10);
-        if (errno || end == c || (*end && *end != ',' && *end != ' ' && *end != '\t' && *end != '\r')) goto not_ids;
-        if (v < INT32_MIN || v > INT32_MAX) goto not_ids;
-        if (p->n == cap) p->ids = realloc(p->ids, (size_t)(cap *= 2) * sizeof(int32_t));
-        CHECK(p->ids);
-        p->ids[p->n++] = (int32_t)v;
-        c = end;
-    }
-    if (p->n > 0) return 0;
-not_ids:
-    free(p->ids);
-    p->ids = NULL;
-    p->n = 0;
-    return -1;
-}
 
 static void encode_text(const tokenizer *tok, const char *text, int chat, prompt *p, const char *what) {
     llamoe_err err;
-    if (!tok) die("%s: the model directory has no tokenizer.json; give the prompt as --ids", what);
-    const char *t = text;
-    char *wrapped = NULL;
-    if (chat) {
-        const char *pre = "<|start_header_id|>user<|end_header_id|>\n\n";
-        const char *post = "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n";
-        if (tokenizer_token_id(tok, "<|start_header_id|>") < 0)
-            die("--chat: the tokenizer has no <|start_header_id|> token (not a Llama 3 tokenizer)");
-        size_t n = strlen(pre) + strlen(text) + strlen(post) + 1;
-        wrapped = xmalloc(n);
-        snprintf(wrapped, n, "%s%s%s", pre, text, post);
-        t = wrapped;
-    }
-    if (tokenizer_encode(tok, t, strlen(t), 1, 1, &p->ids, &p->n, &err) != 0) die("%s: %s", what, err.msg);
-    free(wrapped);
+    if (prompt_encode(tok, text, chat, p, what, &err) != 0) die("%s", err.msg);
 }
 
 static int read_prompts(const char *path, const tokenizer *tok, int chat, prompt **out) {
     llamoe_err err;
-    char *text = read_text_file(path, 256u << 20, NULL, &err);
+    size_t len;
+    char *text = read_text_file(path, EP_MAX_PROMPTS_BYTES, &len, &err);
     if (!text) die("--prompts %s", err.msg);
-    int n = 0, cap = 16;
-    prompt *ps = xmalloc((size_t)cap * sizeof(prompt));
-    int line_no = 0;
-    for (char *line = text, *next; line; line = next) {
-        next = strchr(line, '\n');
-        if (next) *next++ = 0;
-        line_no++;
-        size_t len = strlen(line);
-        if (len && line[len - 1] == '\r') line[--len] = 0;
-        if (!len) continue;   // blank lines separate nothing and are skipped
-        if (n == cap) ps = realloc(ps, (size_t)(cap *= 2) * sizeof(prompt));
-        CHECK(ps);
-        if (parse_id_list(line, &ps[n]) != 0) {
-            char what[600];
-            snprintf(what, sizeof what, "%s: line %d", path, line_no);
-            encode_text(tok, line, chat, &ps[n], what);
-        }
-        n++;
-    }
+    int n;
+    int rc = prompts_parse(path, text, len, tok, chat, out, &n, &err);
     free(text);
-    if (n == 0) die("--prompts %s: no prompts (every line is blank)", path);
-    *out = ps;
+    if (rc != 0) die("%s", err.msg);
     return n;
 }
 
@@ -313,25 +164,22 @@ static json_object *ids_json(const int32_t *ids, int n) {
     return a;
 }
 
-// Writes logits to a temporary name; renamed into place only when generation succeeded.
+// Logits go to an unnamed temporary file (out_file, runtime/common.h), linked into place only
+// when generation succeeded: a failed or killed run leaves no half file.
 typedef struct {
+    out_file o;
     FILE *f;
-    char tmp[4096];
-    const char *path;
 } atomic_file;
 
 static void atomic_open(atomic_file *a, const char *path) {
-    a->path = path;
-    snprintf(a->tmp, sizeof a->tmp, "%s.tmp.%d", path, (int)getpid());
-    a->f = fopen(a->tmp, "wb");
-    if (!a->f) die("--dump-logits %s: cannot create: %s", path, strerror(errno));
+    llamoe_err err;
+    if (out_file_open(&a->o, path, &err) != 0) die("--dump-logits %s", err.msg);
+    a->f = a->o.f;
 }
 
 static void atomic_commit(atomic_file *a) {
-    if (fclose(a->f) != 0 || rename(a->tmp, a->path) != 0) {
-        unlink(a->tmp);
-        die("--dump-logits %s: cannot write: %s", a->path, strerror(errno));
-    }
+    llamoe_err err;
+    if (out_file_commit(&a->o, &err) != 0) die("--dump-logits %s", err.msg);
 }
 
 // Touches every page of the checkpoint so that the load happens here, with progress on a
@@ -366,6 +214,13 @@ int main(int argc, char **argv) {
     options o;
     parse_args(argc, argv, &o);
     llamoe_err err;
+    // Test hook: LLAMOE_FAULT=RANK:open|oom|exit|kill|stall[:STEP] (runtime/fault.h).
+    fault_init(c->rank, c->size);
+    char fault_dir[4200];
+    if (fault_at_load()) {
+        snprintf(fault_dir, sizeof fault_dir, "%s (LLAMOE_FAULT open)", o.model_dir);
+        o.model_dir = fault_dir;
+    }
     double t_start = now_seconds();
 
     rank_binding binding;

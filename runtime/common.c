@@ -1,10 +1,14 @@
+#define _GNU_SOURCE   // O_TMPFILE (out_file)
 #include "common.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
 #include <stdarg.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 // ---------------------------------------------------------------------------- errors
 int fail(llamoe_err *err, const char *fmt, ...) {
@@ -17,12 +21,42 @@ int fail(llamoe_err *err, const char *fmt, ...) {
     return -1;
 }
 
+// ---------------------------------------------------------------------------- sanitizer build
+// LLAMOE_SANITIZE=ON: leaks are checked when a process ends normally, not after die(). die()
+// abandons the process's state on purpose (a tokenizer still loaded, buffers of a half-done
+// step), so a leak report there would be noise that hides real ones. LeakSanitizer's own
+// at-exit check is off (default option below) and this atexit handler runs it unless dying.
+#ifdef LLAMOE_SANITIZE
+#include <sanitizer/lsan_interface.h>
+static int dying;
+const char *__asan_default_options(void);
+const char *__asan_default_options(void) { return "leak_check_at_exit=0"; }
+static void leak_check_unless_dying(void) { if (!dying) __lsan_do_leak_check(); }
+__attribute__((constructor)) static void install_leak_check(void) { atexit(leak_check_unless_dying); }
+#define MARK_DYING() (dying = 1)
+#else
+#define MARK_DYING() ((void)0)
+#endif
+
 static abort_fn process_abort = NULL;   // set once by the MPI layer; NULL means exit()
 
 static char error_prefix[32] = "";      // "rank 2: " once the MPI layer knows the rank
 
 void set_abort_handler(abort_fn fn) { process_abort = fn; }
 void set_error_prefix(const char *prefix) { snprintf(error_prefix, sizeof error_prefix, "%s", prefix ? prefix : ""); }
+
+// Named temporaries of out_file (only where O_TMPFILE is missing) that die() removes.
+#define MAX_PENDING 8
+static char *pending_tmp[MAX_PENDING];
+
+static void pending_add(char *tmp) {
+    for (int i = 0; i < MAX_PENDING; i++)
+        if (!pending_tmp[i]) { pending_tmp[i] = tmp; return; }
+}
+static void pending_remove(const char *tmp) {
+    for (int i = 0; i < MAX_PENDING; i++)
+        if (pending_tmp[i] == tmp) pending_tmp[i] = NULL;
+}
 
 _Noreturn void die(const char *fmt, ...) {
     char line[2 * LLAMOE_ERR_LEN];
@@ -32,18 +66,24 @@ _Noreturn void die(const char *fmt, ...) {
     va_end(ap);
     fprintf(stderr, "llamoe: %s%s\n", error_prefix, line);
     fflush(stderr);
+    for (int i = 0; i < MAX_PENDING; i++)
+        if (pending_tmp[i]) unlink(pending_tmp[i]);
+    MARK_DYING();
     if (process_abort) process_abort(1);
     exit(1);
 }
 
+static int fail_allocations;   // LLAMOE_FAULT oom
+void fault_fail_allocations(void) { fail_allocations = 1; }
+
 void *xmalloc(size_t n) {
-    void *p = malloc(n ? n : 1);
+    void *p = fail_allocations ? NULL : malloc(n ? n : 1);
     if (!p) die("out of memory allocating %zu bytes", n);
     return p;
 }
 
 void *xcalloc(size_t n, size_t size) {
-    void *p = calloc(n ? n : 1, size ? size : 1);
+    void *p = fail_allocations ? NULL : calloc(n ? n : 1, size ? size : 1);
     if (!p) die("out of memory allocating %zu x %zu bytes", n, size);
     return p;
 }
@@ -153,4 +193,68 @@ double now_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+// ---------------------------------------------------------------------------- output files
+int out_file_open(out_file *o, const char *path, llamoe_err *err) {
+    memset(o, 0, sizeof *o);
+    char *copy = xstrdup(path);
+    int fd = -1;
+#ifdef O_TMPFILE
+    fd = open(dirname(copy), O_TMPFILE | O_WRONLY | O_CLOEXEC, 0644);
+#endif
+    free(copy);
+    if (fd < 0) {   // no O_TMPFILE here (EOPNOTSUPP, EISDIR on old kernels): a named temporary
+        size_t n = strlen(path) + 32;
+        o->tmp = xmalloc(n);
+        snprintf(o->tmp, n, "%s.tmp.%ld", path, (long)getpid());
+        fd = open(o->tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (fd < 0) {
+            fail(err, "%s: cannot create: %s", o->tmp, strerror(errno));
+            free(o->tmp);
+            o->tmp = NULL;
+            return -1;
+        }
+        pending_add(o->tmp);
+    }
+    o->f = fdopen(fd, "wb");
+    CHECK(o->f);
+    o->path = xstrdup(path);
+    return 0;
+}
+
+static void out_file_free(out_file *o) {
+    if (o->tmp) pending_remove(o->tmp);
+    free(o->tmp);
+    free(o->path);
+    memset(o, 0, sizeof *o);
+}
+
+void out_file_discard(out_file *o) {
+    if (!o->f) return;
+    fclose(o->f);
+    if (o->tmp) unlink(o->tmp);
+    out_file_free(o);
+}
+
+int out_file_commit(out_file *o, llamoe_err *err) {
+    int rc = 0;
+    if (fflush(o->f) != 0 || fsync(fileno(o->f)) != 0) rc = fail(err, "%s: write failed: %s", o->path, strerror(errno));
+    char *tmp = o->tmp;
+    char named[4200];
+    if (rc == 0 && !tmp) {
+        // Give the unnamed file a temporary name (link, via /proc: no privilege needed), then
+        // rename it over the target, which replaces an old file atomically.
+        char proc[64];
+        snprintf(proc, sizeof proc, "/proc/self/fd/%d", fileno(o->f));
+        snprintf(named, sizeof named, "%s.tmp.%ld", o->path, (long)getpid());
+        if (linkat(AT_FDCWD, proc, AT_FDCWD, named, AT_SYMLINK_FOLLOW) != 0)
+            rc = fail(err, "%s: cannot link the finished file: %s", o->path, strerror(errno));
+        else tmp = named;
+    }
+    if (fclose(o->f) != 0 && rc == 0) rc = fail(err, "%s: write failed: %s", o->path, strerror(errno));
+    if (rc == 0 && rename(tmp, o->path) != 0) rc = fail(err, "%s: cannot rename %s into place: %s", o->path, tmp, strerror(errno));
+    if (rc != 0 && tmp) unlink(tmp);
+    out_file_free(o);
+    return rc;
 }

@@ -29,6 +29,8 @@ void set_error_prefix(const char *prefix);
 void *xmalloc(size_t n);               // die()s with the size on failure
 void *xcalloc(size_t n, size_t size);
 char *xstrdup(const char *s);
+// Test hook (runtime/fault.c): from now on xmalloc/xcalloc fail as if malloc returned NULL.
+void fault_fail_allocations(void);
 
 // ---------------------------------------------------------------------------- arithmetic
 // Products of sizes read from files go through these: they return 0 on overflow.
@@ -60,4 +62,17 @@ void to_f32(float *dst, const void *src, dtype_t t, size_t n);
 // Reads a whole (small) file into a NUL-terminated buffer; NULL with err on failure.
 char *read_text_file(const char *path, size_t max_bytes, size_t *len, llamoe_err *err);
 int file_exists(const char *path);
+
+// An output file that appears complete under its name or not at all. Data goes to an unnamed
+// file in the target's directory (O_TMPFILE), linked and renamed into place by
+// out_file_commit: a process that fails or is killed (even by SIGKILL) before that leaves
+// nothing. Where the file system lacks O_TMPFILE, PATH.tmp.PID stands in; out_file_discard
+// and die() remove it (a SIGKILL can leave it, never a half PATH).
+typedef struct {
+    FILE *f;              // write through this (or fileno(f))
+    char *path, *tmp;     // tmp: the named fallback, NULL with O_TMPFILE
+} out_file;
+int out_file_open(out_file *o, const char *path, llamoe_err *err);
+int out_file_commit(out_file *o, llamoe_err *err);   // flush, fsync, rename; closes either way
+void out_file_discard(out_file *o);
 double now_seconds(void);

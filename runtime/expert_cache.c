@@ -372,19 +372,3 @@ void expert_cache_get_stats(const expert_cache *ec, expert_cache_stats *s) { *s 
 int expert_cache_slots(const expert_cache *ec) { return ec->n_slots; }
 expert_evict expert_cache_policy(const expert_cache *ec) { return ec->evict; }
 
-static const char *const prefetch_names[] = {"none", "router", "prev-layer", "prev-token"};
-static const char *const evict_names[] = {"lru", "layer-lru"};
-
-int expert_prefetch_parse(const char *s, expert_prefetch *out) {
-    for (int i = 0; i < 4; i++)
-        if (!strcmp(s, prefetch_names[i])) { *out = (expert_prefetch)i; return 0; }
-    return -1;
-}
-const char *expert_prefetch_name(expert_prefetch p) { return prefetch_names[p]; }
-
-int expert_evict_parse(const char *s, expert_evict *out) {
-    for (int i = 0; i < 2; i++)
-        if (!strcmp(s, evict_names[i])) { *out = (expert_evict)i; return 0; }
-    return -1;
-}
-const char *expert_evict_name(expert_evict p) { return evict_names[p]; }

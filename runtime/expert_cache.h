@@ -15,18 +15,6 @@
 #pragma once
 #include "model.h"
 
-typedef enum {
-    PREFETCH_NONE,        // fetch on demand, after the dispatch says which experts have rows
-    PREFETCH_ROUTER,      // after layer l's router: this rank's own tokens' choices for layer l
-                          // (exact on one rank; overlaps the dispatch all-to-all on a GPU)
-    PREFETCH_PREV_LAYER,  // while layer l runs: layer l's experts, guessed for layer l + 1
-    PREFETCH_PREV_TOKEN,  // while layer l runs: the experts layer l + 1 used in the last step
-} expert_prefetch;
-
-typedef enum {
-    EVICT_LRU,            // one LRU list over all layers
-    EVICT_LAYER_LRU,      // the pool split evenly between layers, LRU inside each share
-} expert_evict;
 
 typedef struct {
     size_t budget_bytes;      // pool size limit (per rank)
@@ -78,7 +66,3 @@ void expert_cache_get_stats(const expert_cache *ec, expert_cache_stats *s);
 int expert_cache_slots(const expert_cache *ec);
 expert_evict expert_cache_policy(const expert_cache *ec);
 
-int expert_prefetch_parse(const char *s, expert_prefetch *out);   // none|router|prev-layer|prev-token
-const char *expert_prefetch_name(expert_prefetch p);
-int expert_evict_parse(const char *s, expert_evict *out);         // lru|layer-lru
-const char *expert_evict_name(expert_evict p);

@@ -15,6 +15,14 @@ int run_state_init(run_state *s, const model *m, int max_tokens, int n_slots, in
     s->n_slots = n_slots;
     s->ctx = ctx;
     s->slot_stride = (int64_t)ctx * kv_dim;
+    // Sizes come from config.json and the command line (--ctx, --prompts lines): a product
+    // that wraps would allocate a small buffer and write far past it.
+    size_t kv_bytes, widest = (size_t)(d > q_dim ? d : q_dim), step_bytes;
+    if (ffn_width > (int64_t)widest) widest = (size_t)ffn_width;
+    if (!mul_ok((size_t)n_slots, (size_t)s->slot_stride, &kv_bytes) || !mul_ok(kv_bytes, sizeof(float), &kv_bytes) ||
+        !mul_ok((size_t)T, widest, &step_bytes) || !mul_ok(step_bytes, sizeof(float), &step_bytes))
+        die("KV cache of %d sequence(s) x %d positions x %lld floats per layer does not fit in memory",
+            n_slots, ctx, (long long)kv_dim);
 #define ALLOC(field, count) (s->field = be->alloc((size_t)(count) * sizeof(float)), s->bytes += (size_t)(count) * sizeof(float))
     ALLOC(x, T * d);
     ALLOC(xn, T * d);

@@ -1,6 +1,8 @@
 // The step loop and sampling.
 #include "generate.h"
+#include "fault.h"
 
+#include <errno.h>
 #include <math.h>
 #include <string.h>
 
@@ -128,6 +130,7 @@ int generate(const model *m, run_state *s, comm *c, sequence *seqs, int n_seqs,
         int64_t work[2] = {n > 0, has_prompt};
         if (c->allreduce_sum_i64(c, work, 2) != 0) { rc = fail(err, "allreduce failed"); break; }
         if (work[0] == 0) break;
+        fault_step(stats->steps);   // LLAMOE_FAULT test hook (runtime/fault.h); no-op when unset
 
         double t0 = now_seconds();
         if (forward(m, s, c, tokens, slot, pos, n, logit_rows, n_logits, logits) != 0) {
@@ -143,7 +146,7 @@ int generate(const model *m, run_state *s, comm *c, sequence *seqs, int n_seqs,
             sequence *q = &seqs[logit_seq[j]];
             const float *row = lg + (size_t)j * V;
             if (q->index == 0 && o->dump_logits && fwrite(row, sizeof(float), (size_t)V, o->dump_logits) != (size_t)V) {
-                rc = fail(err, "--dump-logits: write failed");
+                rc = fail(err, "--dump-logits: write failed: %s", strerror(errno));
                 break;
             }
             int32_t next = sample_token(row, V, o->temperature, o->top_p, &q->rng, probs);

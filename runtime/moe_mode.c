@@ -79,3 +79,21 @@ const char *moe_mode_str(const moe_mode *m, char *buf, size_t len) {
     }
     return buf;
 }
+
+// ---------------------------------------------------------------------------- memory mode
+static const char *const prefetch_names[] = {"none", "router", "prev-layer", "prev-token"};
+static const char *const evict_names[] = {"lru", "layer-lru"};
+
+int expert_prefetch_parse(const char *s, expert_prefetch *out) {
+    for (int i = 0; i < 4; i++)
+        if (!strcmp(s, prefetch_names[i])) { *out = (expert_prefetch)i; return 0; }
+    return -1;
+}
+const char *expert_prefetch_name(expert_prefetch p) { return prefetch_names[p]; }
+
+int expert_evict_parse(const char *s, expert_evict *out) {
+    for (int i = 0; i < 2; i++)
+        if (!strcmp(s, evict_names[i])) { *out = (expert_evict)i; return 0; }
+    return -1;
+}
+const char *expert_evict_name(expert_evict p) { return evict_names[p]; }

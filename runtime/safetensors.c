@@ -294,12 +294,15 @@ static int shard_name_ok(const char *s) {
     return name_ok(s) && !strchr(s, '/') && strcmp(s, ".") && strcmp(s, "..");
 }
 
-static int open_index(st_set *s, const char *dir, const char *index_path, llamoe_err *err) {
-    char *text = read_text_file(index_path, ST_MAX_INDEX, NULL, err);
-    if (!text) return -1;
+// The weight_map of an index file: name -> shard pairs, pointers into *root_out (alive until
+// json_object_put). On failure everything is freed and -1 returned with err.
+static int index_parse(const char *index_path, const char *text, size_t len, json_object **root_out,
+                       const char ***names_out, const char ***shards_out, int *n_out, llamoe_err *err) {
+    *root_out = NULL;
+    *names_out = *shards_out = NULL;
+    *n_out = 0;
     char why[160];
-    json_object *root = parse_json_exact(text, strlen(text), why, sizeof why);
-    free(text);
+    json_object *root = parse_json_exact(text, len, why, sizeof why);
     if (!root) return fail(err, "%s: %s", index_path, why);
 
     json_object *wm = NULL;
@@ -329,6 +332,38 @@ static int open_index(st_set *s, const char *dir, const char *index_path, llamoe
             n_map++;
         }
     }
+    if (rc != 0) {
+        free(names);
+        free(shards);
+        json_object_put(root);
+        return -1;
+    }
+    *root_out = root;
+    *names_out = names;
+    *shards_out = shards;
+    *n_out = n_map;
+    return 0;
+}
+
+int st_index_parse(const char *path, const char *text, size_t len, int *n_entries, llamoe_err *err) {
+    json_object *root;
+    const char **names, **shards;
+    if (index_parse(path, text, len, &root, &names, &shards, n_entries, err) != 0) return -1;
+    free(names);
+    free(shards);
+    json_object_put(root);
+    return 0;
+}
+
+static int open_index(st_set *s, const char *dir, const char *index_path, llamoe_err *err) {
+    size_t len;
+    char *text = read_text_file(index_path, ST_MAX_INDEX, &len, err);
+    if (!text) return -1;
+    json_object *root;
+    const char **names, **shards;
+    int n_map, rc = index_parse(index_path, text, len, &root, &names, &shards, &n_map, err);
+    free(text);
+    if (rc != 0) return -1;
 
     // Each distinct shard is opened once; file_index is its place in the sorted unique list.
     const char **uniq = NULL;
@@ -350,7 +385,11 @@ static int open_index(st_set *s, const char *dir, const char *index_path, llamoe
             if (!file_exists(path))
                 rc = fail(err, "%s: named by model.safetensors.index.json but does not exist", path);
             else if (map_and_parse(&s->files[f], path, &ts, &n, err) != 0) rc = -1;
-            else {
+            else if (n > INT32_MAX - 1 - s->n_tensors) {   // the count is an int: bound the sum over shards
+                s->n_files = f + 1;
+                free_tensors(ts, n);
+                rc = fail(err, "%s: more than %d tensors over all shards", path, INT32_MAX - 1);
+            } else {
                 s->n_files = f + 1;
                 s->tensors = realloc(s->tensors, ((size_t)s->n_tensors + (size_t)n + 1) * sizeof *s->tensors);
                 CHECK(s->tensors);
@@ -443,8 +482,9 @@ size_t st_total_bytes(const st_set *s) {
 
 // ---------------------------------------------------------------------------- writer
 struct st_writer {
-    char *path, *tmp_path;
-    int fd;
+    char *path;
+    out_file out;          // unnamed until committed: a killed writer leaves no half file
+    int fd;                // fileno(out.f); data goes through write(2), not the FILE
     int n, cur;            // tensors in the header; the one being written
     char **names;          // for messages
     size_t *nbytes;
@@ -610,15 +650,16 @@ st_writer *st_writer_open(const char *path, const st_write_spec *specs, int n,
 
     st_writer *w = xcalloc(1, sizeof *w);
     w->path = xstrdup(path);
-    w->tmp_path = tmp_name(path);
+    w->fd = -1;
     w->n = n;
     w->nbytes = nbytes;
     w->names = xcalloc((size_t)n, sizeof *w->names);
     for (int i = 0; i < n; i++) w->names[i] = xstrdup(specs[i].name);
-    w->fd = open(w->tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    int rc = 0;
-    if (w->fd < 0) rc = fail(err, "%s: cannot create: %s", w->tmp_path, strerror(errno));
-    else if (write_all(w->fd, head, 8 + hlen) != 0) rc = fail(err, "%s: write failed: %s", w->tmp_path, strerror(errno));
+    int rc = out_file_open(&w->out, path, err);
+    if (rc == 0) {
+        w->fd = fileno(w->out.f);
+        if (write_all(w->fd, head, 8 + hlen) != 0) rc = fail(err, "%s: write failed: %s", w->path, strerror(errno));
+    }
     free(head);
     if (rc != 0) {
         st_writer_close(w, 0, NULL);
@@ -643,7 +684,7 @@ int st_writer_put(st_writer *w, const void *data, size_t nbytes, llamoe_err *err
     }
     if (write_all(w->fd, data, nbytes) != 0) {
         w->failed = 1;
-        return fail(err, "%s: tensor %s: write failed: %s", w->tmp_path, w->names[w->cur], strerror(errno));
+        return fail(err, "%s: tensor %s: write failed: %s", w->path, w->names[w->cur], strerror(errno));
     }
     w->cur_written += nbytes;
     if (w->cur_written == w->nbytes[w->cur]) {
@@ -661,20 +702,17 @@ int st_writer_close(st_writer *w, int commit, llamoe_err *err) {
         else if (w->cur < w->n)
             rc = fail(err, "%s: tensor %s: only %zu of %zu bytes written", w->path, w->names[w->cur],
                       w->cur_written, w->nbytes[w->cur]);
-        else if (fsync(w->fd) != 0) rc = fail(err, "%s: fsync failed: %s", w->tmp_path, strerror(errno));
     }
-    if (w->fd >= 0 && close(w->fd) != 0 && commit && rc == 0)
-        rc = fail(err, "%s: close failed: %s", w->tmp_path, strerror(errno));
-    if (commit && rc == 0) {
-        if (rename(w->tmp_path, w->path) != 0) rc = fail(err, "%s: rename to %s failed: %s", w->tmp_path, w->path, strerror(errno));
+    if (commit && rc == 0) {   // fsync, link, rename over path
+        if (out_file_commit(&w->out, err) != 0) rc = -1;
         else fsync_parent_dir(w->path);
+    } else {
+        out_file_discard(&w->out);
     }
-    if (!commit || rc != 0) unlink(w->tmp_path);
     for (int i = 0; i < w->n; i++) free(w->names[i]);
     free(w->names);
     free(w->nbytes);
     free(w->path);
-    free(w->tmp_path);
     free(w);
     return rc;
 }

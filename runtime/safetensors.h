@@ -51,6 +51,11 @@ size_t st_total_bytes(const st_set *s);
 int st_parse(const char *path_for_errors, const uint8_t *buf, size_t size,
              st_tensor **tensors, int *n_tensors, llamoe_err *err);
 
+// Validates the text of a model.safetensors.index.json (a JSON object with a non-empty
+// weight_map of printable tensor names to plain shard file names) without opening any shard.
+// Used by st_open_dir and directly by the fuzzer; *n_entries is the number of tensors named.
+int st_index_parse(const char *path, const char *text, size_t len, int *n_entries, llamoe_err *err);
+
 // ---------------------------------------------------------------------------- writer
 // Usage: st_writer_open with every tensor's name/dtype/shape, then st_writer_put each
 // tensor's data in the same order, then st_writer_close(w, 1) to rename into place, or

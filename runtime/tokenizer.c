@@ -50,6 +50,7 @@ typedef struct { bytes buf; size_t *off, *len; size_t n, cap; } strlist;
 static void strlist_clear(strlist *l) { l->buf.len = 0; l->n = 0; }
 static size_t strlist_begin(strlist *l) { return l->buf.len; }
 static void strlist_end(strlist *l, size_t start) {
+    bytes_reserve(&l->buf, 0);   // an empty first string still needs a buffer for strlist_at
     if (l->n == l->cap) {
         l->cap = l->cap ? 2 * l->cap : 16;
         l->off = realloc(l->off, l->cap * sizeof *l->off);
@@ -507,6 +508,13 @@ static int load_model(loader *L, tokenizer *t, json_object *root, json_object *a
         if (id < 0 || id >= TOKENIZER_MAX_ID) return fail(L->err, "%s: added_tokens[%zu].id: missing or out of range", L->path, i);
         if (id > max_id) max_id = id;
     }
+    // The id -> piece table has max_id + 1 entries: a tiny file naming id 16777215 would make
+    // it 200 MB. Real vocabularies are dense (Llama 3: 128000 + 256 ids, no gap), so ids far
+    // beyond the number of tokens listed are refused.
+    size_t listed = (size_t)json_object_object_length(vocab) + n_added;
+    if (max_id >= 0 && (uint64_t)max_id >= 2 * (uint64_t)listed + 256)
+        return fail(L->err, "%s: model.vocab: id %lld but only %zu tokens listed (ids must be dense)", L->path,
+                    (long long)max_id, listed);
     t->n_ids = (int32_t)(max_id + 1);
     t->piece_off = xcalloc((size_t)t->n_ids, sizeof *t->piece_off);
     t->piece_len = xmalloc((size_t)t->n_ids * sizeof *t->piece_len);
@@ -833,8 +841,15 @@ tokenizer *tokenizer_load(const char *path, llamoe_err *err) {
     size_t len;
     char *text = read_text_file(path, TOKENIZER_MAX_FILE_BYTES, &len, err);
     if (!text) return NULL;
-    if (len > INT32_MAX) { free(text); fail(err, "%s: file too large", path); return NULL; }
+    tokenizer *t = tokenizer_load_mem(path, text, len, err);
+    free(text);
+    return t;
+}
+
+tokenizer *tokenizer_load_mem(const char *path, const char *text, size_t len, llamoe_err *err) {
+    if (len > INT32_MAX) { fail(err, "%s: file too large", path); return NULL; }
     json_tokener *tok = json_tokener_new();
+    CHECK(tok);
     json_object *root = json_tokener_parse_ex(tok, text, (int)len);
     enum json_tokener_error jerr = json_tokener_get_error(tok);
     size_t at = json_tokener_get_parse_end(tok);
@@ -843,10 +858,8 @@ tokenizer *tokenizer_load(const char *path, llamoe_err *err) {
     if (root && jerr == json_tokener_success && at < len) {
         fail(err, "%s: invalid JSON: unexpected data after the top-level value at byte %zu", path, at);
         json_object_put(root);
-        free(text);
         return NULL;
     }
-    free(text);
     if (!root || jerr != json_tokener_success) {
         if (jerr == json_tokener_continue) fail(err, "%s: invalid JSON: unexpected end of file", path);
         else fail(err, "%s: invalid JSON at byte %zu: %s", path, at, json_tokener_error_desc(jerr));
@@ -1366,6 +1379,8 @@ struct tokenizer_stream {
 tokenizer_stream *tokenizer_stream_new(const tokenizer *t) {
     tokenizer_stream *s = xcalloc(1, sizeof *s);
     s->t = t;
+    s->cap = 16;   // never NULL: a flush before any push decodes the empty window ids + 0
+    s->ids = xmalloc(s->cap * sizeof *s->ids);
     return s;
 }
 

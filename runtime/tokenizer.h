@@ -6,6 +6,9 @@
 typedef struct tokenizer tokenizer;
 
 tokenizer *tokenizer_load(const char *path, llamoe_err *err);   // NULL + err on failure
+// The same from tokenizer.json text already in memory (text[0..len), need not be
+// NUL-terminated); path only names the file in messages. The fuzzer's entry point.
+tokenizer *tokenizer_load_mem(const char *path, const char *text, size_t len, llamoe_err *err);
 void tokenizer_free(tokenizer *t);
 
 // Encodes text[0..len). add_special: apply the post-processor (BOS for Llama).

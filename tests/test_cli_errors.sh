@@ -3,6 +3,7 @@
 # nothing on stdout. Cases in tests/data/cli_errors.txt; checkpoint corruption cases below.
 . "$(dirname "$0")/lib.sh"
 : > "$TMP/empty.txt"
+printf '1,2\n\0003\n' > "$TMP/nul.txt"
 ids600=$(python3 -c 'print(",".join(["1"] + ["400"] * 599))')
 
 check_error() {   # EXPECT, then the llamoe-ep arguments

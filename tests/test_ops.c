@@ -4,6 +4,7 @@
 // position, with any thread count, and with F32 or BF16 weights holding the same values.
 //   test_ops SOURCE_DIR
 #include "../kernels/backend.h"
+#include "ops_harness.h"
 #include "ops_reference.h"
 
 #include <math.h>
@@ -11,80 +12,11 @@
 
 static const backend *be;
 
-// ---------------------------------------------------------------------------- random data
-static uint64_t rng_state;
-static uint64_t rng_next(void) {   // splitmix64
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-static float rng_uniform(void) { return (float)((rng_next() >> 40) * (2.0 / 16777216.0) - 1.0); }   // [-1, 1)
-static int rng_int(int n) { return (int)(rng_next() % (uint64_t)n); }
-
-static float *rand_floats(size_t n, float scale) {
-    float *p = xmalloc(n * sizeof(float));
-    for (size_t i = 0; i < n; i++) p[i] = scale * rng_uniform();
-    return p;
-}
-
-// A rows x cols weight with row stride ld, random values in dtype; padding columns hold
-// NaN so a kernel that reads past cols shows it.
-static weight_t rand_weight(int64_t rows, int64_t cols, int64_t ld, dtype_t dt, float scale) {
-    size_t es = dtype_size(dt), count = (size_t)(rows ? rows : 1) * (size_t)ld;
-    char *p = xmalloc(count * es);
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t c = 0; c < ld; c++) {
-            float v = c < cols ? scale * rng_uniform() : NAN;
-            char *at = p + ((size_t)r * ld + c) * es;
-            if (dt == DT_F32) memcpy(at, &v, 4);
-            else { uint16_t h = dt == DT_BF16 ? f32_to_bf16(v) : f32_to_f16(v); memcpy(at, &h, 2); }
-        }
-    return (weight_t){p, dt, rows, cols, ld};
-}
-
-// ---------------------------------------------------------------------------- case lines
-typedef struct { char key[32]; char val[256]; } kv;
-typedef struct { char op[32]; kv p[16]; int np; char text[512]; } test_case;
-
-static const char *param(const test_case *c, const char *key) {
-    for (int i = 0; i < c->np; i++) if (!strcmp(c->p[i].key, key)) return c->p[i].val;
-    die("ops_cases.txt: %s: missing parameter %s", c->text, key);
-}
-static int64_t iparam(const test_case *c, const char *key) { return strtoll(param(c, key), NULL, 10); }
-static double dparam(const test_case *c, const char *key) { return strtod(param(c, key), NULL); }
-static dtype_t dtparam(const test_case *c) {
-    dtype_t t;
-    if (dtype_parse(param(c, "dtype"), &t)) die("ops_cases.txt: %s: bad dtype", c->text);
-    return t;
-}
-static int lparam(const test_case *c, const char *key, int64_t *out, int max) {   // comma list
-    const char *s = param(c, key);
-    int n = 0;
-    while (*s && n < max) {
-        char *end;
-        out[n++] = strtoll(s, &end, 10);
-        s = *end == ',' ? end + 1 : end;
-    }
-    return n;
-}
-
-// max |out - ref| / max |ref|: the error relative to the output's scale.
-static double norm_err(const float *out, const float *ref, size_t n) {
-    double e = 0, m = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)out[i] - ref[i]);
-        if (!(d <= e)) e = d;   // NaN counts as infinite error
-        if (fabs(ref[i]) > m) m = fabs(ref[i]);
-    }
-    return isnan(e) ? INFINITY : e / (m > 0 ? m : 1);
-}
-
 // ---------------------------------------------------------------------------- the cases
 // Each returns the normalised error of the case (INFINITY for a wrong integer output).
 static double case_matmul(const test_case *c) {
     int n = (int)iparam(c, "n");
-    weight_t w = rand_weight(iparam(c, "rows"), iparam(c, "cols"), iparam(c, "ld"), dtparam(c), 1);
+    weight_t w = rand_weight_host(iparam(c, "rows"), iparam(c, "cols"), iparam(c, "ld"), dtparam(c), 1);
     float *x = rand_floats((size_t)n * w.cols, 1), *out = xmalloc(sizeof(float) * n * w.rows), *ref = xmalloc(sizeof(float) * n * w.rows);
     be->matmul(out, x, &w, n);
     ref_matmul(ref, x, &w, n);
@@ -95,7 +27,7 @@ static double case_matmul(const test_case *c) {
 
 static double case_embed(const test_case *c) {
     int n = (int)iparam(c, "n");
-    weight_t t = rand_weight(iparam(c, "rows"), iparam(c, "cols"), iparam(c, "ld"), dtparam(c), 1);
+    weight_t t = rand_weight_host(iparam(c, "rows"), iparam(c, "cols"), iparam(c, "ld"), dtparam(c), 1);
     int32_t ids[64];
     for (int i = 0; i < n; i++) ids[i] = rng_int((int)t.rows);
     float *out = xmalloc(sizeof(float) * n * t.cols), *ref = xmalloc(sizeof(float) * n * t.cols);
@@ -227,9 +159,9 @@ static double case_expert_ffn(const test_case *c) {
     weight_t w1[64], w3[64], w2[64];
     int64_t offsets[65] = {0};
     for (int e = 0; e < E; e++) {   // odd row strides: experts are views of bigger matrices
-        w1[e] = rand_weight(ff[e], d, d + e % 3, dt, 0.3f);
-        w3[e] = rand_weight(ff[e], d, d + 1, dt, 0.3f);
-        w2[e] = rand_weight(d, ff[e], ff[e] + e % 2, dt, 0.3f);
+        w1[e] = rand_weight_host(ff[e], d, d + e % 3, dt, 0.3f);
+        w3[e] = rand_weight_host(ff[e], d, d + 1, dt, 0.3f);
+        w2[e] = rand_weight_host(d, ff[e], ff[e] + e % 2, dt, 0.3f);
         offsets[e + 1] = offsets[e] + counts[e];
     }
     expert_set ex = {E, w1, w3, w2};
@@ -268,7 +200,7 @@ static double case_argmax(const test_case *c) {
     return memcmp(out, ref, sizeof(int32_t) * n) ? INFINITY : 0;
 }
 
-static const struct { const char *op; double (*run)(const test_case *); } cases[] = {
+static const op_case cases[] = {
     {"matmul", case_matmul}, {"embed", case_embed}, {"rmsnorm", case_rmsnorm}, {"rope", case_rope},
     {"attention", case_attention}, {"swiglu", case_swiglu}, {"add", case_add},
     {"router_topk", case_router_topk}, {"gather_rows", case_gather_rows},
@@ -277,24 +209,14 @@ static const struct { const char *op; double (*run)(const test_case *); } cases[
 
 // ---------------------------------------------------------------------------- invariance
 // Each returns 0 when every compared output is bitwise equal, else prints what differed.
-static int bitwise(const char *what, const float *a, const float *b, size_t n) {
-    if (!memcmp(a, b, n * sizeof(float))) return 0;
-    for (size_t i = 0; i < n; i++)
-        if (memcmp(a + i, b + i, sizeof(float))) {
-            fprintf(stderr, "FAIL %s: element %zu differs: %.9g vs %.9g\n", what, i, a[i], b[i]);
-            break;
-        }
-    return 1;
-}
-
 // Token `who` of a batch of 7: alone (n = 1), at its place in the batch, first in a batch
 // of 5, with 1, 2 and 3 threads; and the same weights in F32 vs BF16 (vs F16 when the
 // values fit). rows and cols are odd so every tile edge and tail is exercised.
 static int invariance_matmul(void) {
     int bad = 0, rows = 77, cols = 4096 + 9, ld = cols + 3, who = 3;
-    weight_t wb = rand_weight(rows, cols, ld, DT_BF16, 1);
+    weight_t wb = rand_weight_host(rows, cols, ld, DT_BF16, 1);
     // the same values as F32, and as F16 (bf16 values with small exponents and 8 bits fit f16)
-    weight_t wf = rand_weight(rows, cols, ld, DT_F32, 1), wh = rand_weight(rows, cols, ld, DT_F16, 1);
+    weight_t wf = rand_weight_host(rows, cols, ld, DT_F32, 1), wh = rand_weight_host(rows, cols, ld, DT_F16, 1);
     for (int64_t i = 0; i < (int64_t)rows * ld; i++) {
         float v = bf16_to_f32(((const uint16_t *)wb.data)[i]);
         ((float *)wf.data)[i] = v;
@@ -353,9 +275,9 @@ static int invariance_expert_ffn(void) {
     int64_t ff[3] = {130, 77, 130};
     weight_t w1[3], w3[3], w2[3];
     for (int e = 0; e < E; e++) {
-        w1[e] = rand_weight(ff[e], d, d, DT_BF16, 0.2f);
-        w3[e] = rand_weight(ff[e], d, d, DT_BF16, 0.2f);
-        w2[e] = rand_weight(d, ff[e], ff[e], DT_BF16, 0.2f);
+        w1[e] = rand_weight_host(ff[e], d, d, DT_BF16, 0.2f);
+        w3[e] = rand_weight_host(ff[e], d, d, DT_BF16, 0.2f);
+        w2[e] = rand_weight_host(d, ff[e], ff[e], DT_BF16, 0.2f);
     }
     expert_set ex = {E, w1, w3, w2};
     float *x = rand_floats((size_t)9 * d, 1), *out = xmalloc(sizeof(float) * 9 * d), *out1 = xmalloc(sizeof(float) * 9 * d);
@@ -410,52 +332,27 @@ static int invariance_attention_rmsnorm(void) {
 }
 
 // ---------------------------------------------------------------------------- main
+typedef struct { int passed, failed; } tally;
+
+static int run_case(const test_case *c, void *ctx) {
+    tally *t = ctx;
+    double tol = dparam(c, "tol"), e = op_case_find(cases, sizeof cases / sizeof cases[0], c)(c);
+    printf("%-12s %-60.60s %10.3g %8.2g %s\n", c->op, c->args, e, tol, e <= tol ? "ok" : "FAIL");
+    if (e <= tol) { t->passed++; return 0; }
+    t->failed++;
+    fprintf(stderr, "FAIL %s: %s: normalised error %.3g over tolerance %.2g\n", c->op, c->args, e, tol);
+    return 1;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) die("usage: test_ops SOURCE_DIR");
     be = backend_cpu();
     char path[4096];
     snprintf(path, sizeof path, "%s/tests/data/ops_cases.txt", argv[1]);
-    llamoe_err err;
-    char *text = read_text_file(path, 1 << 20, NULL, &err);
-    if (!text) die("%s", err.msg);
-
-    int passed = 0, failed = 0, line_no = 0;
+    tally t = {0, 0};
     printf("%-12s %-60s %10s %8s\n", "op", "case", "max_err", "tol");
-    for (char *save, *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-        line_no++;
-        while (*line == ' ') line++;
-        if (!*line || *line == '#') continue;
-        test_case c = {0};
-        snprintf(c.text, sizeof c.text, "%s", line);
-        char *tok_save, *tok = strtok_r(line, " \t", &tok_save);
-        snprintf(c.op, sizeof c.op, "%s", tok);
-        while ((tok = strtok_r(NULL, " \t", &tok_save)) && c.np < 16) {
-            char *eq = strchr(tok, '=');
-            if (!eq) die("%s: line %d: expected key=value, got '%s'", path, line_no, tok);
-            *eq = 0;
-            snprintf(c.p[c.np].key, sizeof c.p[c.np].key, "%s", tok);
-            snprintf(c.p[c.np].val, sizeof c.p[c.np].val, "%s", eq + 1);
-            c.np++;
-        }
-        double (*run)(const test_case *) = NULL;
-        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) if (!strcmp(cases[i].op, c.op)) run = cases[i].run;
-        if (!run) die("%s: line %d: unknown op '%s'", path, line_no, c.op);
-        rng_state = 0x1234u + (uint64_t)line_no;   // each case its own seed: reorderable
-        double tol = dparam(&c, "tol"), e = run(&c);
-        // the parameters without tol=, which has its own column
-        char args[512];
-        snprintf(args, sizeof args, "%s", strchr(c.text, ' ') ? strchr(c.text, ' ') + 1 : "");
-        char *t = strstr(args, "tol=");
-        if (t) *(t > args ? t - 1 : t) = 0;
-        printf("%-12s %-60.60s %10.3g %8.2g %s\n", c.op, args, e, tol, e <= tol ? "ok" : "FAIL");
-        if (e <= tol) passed++;
-        else {
-            failed++;
-            fprintf(stderr, "FAIL %s: %s: normalised error %.3g over tolerance %.2g\n", c.op, args, e, tol);
-            break;
-        }
-    }
-    free(text);
+    ops_for_each_case(path, run_case, &t);
+    int passed = t.passed, failed = t.failed;
 
     if (!failed) {
         rng_state = 42;

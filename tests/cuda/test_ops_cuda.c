@@ -7,6 +7,7 @@
 //   test_ops_cuda SOURCE_DIR [--json FILE]
 // Exits 77 (ctest: skipped) when no GPU is present.
 #include "../../kernels/backend.h"
+#include "../ops_harness.h"
 #include "../../kernels/cuda/backend_cuda.h"
 
 #include <math.h>
@@ -31,42 +32,17 @@ static double tolerance(const char *op) {
     die("no CUDA tolerance for op %s", op);
 }
 
-// ---------------------------------------------------------------------------- random data
-static uint64_t rng_state;
-static uint64_t rng_next(void) {   // splitmix64
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-static float rng_uniform(void) { return (float)((rng_next() >> 40) * (2.0 / 16777216.0) - 1.0); }
-static int rng_int(int n) { return (int)(rng_next() % (uint64_t)n); }
-
-static float *rand_floats(size_t n, float scale) {
-    float *p = xmalloc((n ? n : 1) * sizeof(float));
-    for (size_t i = 0; i < n; i++) p[i] = scale * rng_uniform();
-    return p;
-}
-
 // Host weight with NaN padding columns (a kernel reading past cols shows it), and its device
 // copy with the same row stride (views of bigger matrices stay views on the GPU too).
 typedef struct { weight_t host, dev; } weight_pair;
 
 static weight_pair rand_weight(int64_t rows, int64_t cols, int64_t ld, dtype_t dt, float scale) {
-    size_t es = dtype_size(dt), count = (size_t)(rows ? rows : 1) * (size_t)ld;
-    char *p = xmalloc(count * es);
-    for (int64_t r = 0; r < rows; r++)
-        for (int64_t c = 0; c < ld; c++) {
-            float v = c < cols ? scale * rng_uniform() : NAN;
-            char *at = p + ((size_t)r * ld + c) * es;
-            if (dt == DT_F32) memcpy(at, &v, 4);
-            else { uint16_t h = dt == DT_BF16 ? f32_to_bf16(v) : f32_to_f16(v); memcpy(at, &h, 2); }
-        }
+    size_t count = (size_t)(rows ? rows : 1) * (size_t)ld * dtype_size(dt);
     weight_pair w;
-    w.host = (weight_t){p, dt, rows, cols, ld};
+    w.host = rand_weight_host(rows, cols, ld, dt, scale);
     w.dev = w.host;
-    void *d = gpu->alloc(count * es);
-    gpu->upload(d, p, count * es);
+    void *d = gpu->alloc(count);
+    gpu->upload(d, w.host.data, count);
     w.dev.data = d;
     return w;
 }
@@ -83,16 +59,6 @@ static float *from_dev(const float *d, size_t n) {
     return h;
 }
 
-// max |out - ref| / max |ref|; NaN counts as infinite.
-static double norm_err(const float *out, const float *ref, size_t n) {
-    double e = 0, m = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)out[i] - ref[i]);
-        if (!(d <= e)) e = d;
-        if (fabs(ref[i]) > m) m = fabs(ref[i]);
-    }
-    return isnan(e) ? INFINITY : e / (m > 0 ? m : 1);
-}
 // Compares a device result with the host one and frees both.
 static double cmp_free(float *dev, float *ref, size_t n) {
     float *got = from_dev(dev, n);
@@ -103,32 +69,6 @@ static double cmp_free(float *dev, float *ref, size_t n) {
     return e;
 }
 
-// ---------------------------------------------------------------------------- case lines
-typedef struct { char key[32]; char val[256]; } kv;
-typedef struct { char op[32]; kv p[16]; int np; char text[512]; } test_case;
-
-static const char *param(const test_case *c, const char *key) {
-    for (int i = 0; i < c->np; i++) if (!strcmp(c->p[i].key, key)) return c->p[i].val;
-    die("ops cases: %s: missing parameter %s", c->text, key);
-}
-static int64_t iparam(const test_case *c, const char *key) { return strtoll(param(c, key), NULL, 10); }
-static dtype_t dtparam(const test_case *c) {
-    dtype_t t;
-    if (dtype_parse(param(c, "dtype"), &t)) die("ops cases: %s: bad dtype", c->text);
-    return t;
-}
-static int lparam(const test_case *c, const char *key, int64_t *out, int max) {
-    const char *s = param(c, key);
-    int n = 0;
-    while (*s && n < max) {
-        char *end;
-        out[n++] = strtoll(s, &end, 10);
-        s = *end == ',' ? end + 1 : end;
-    }
-    return n;
-}
-
-// ---------------------------------------------------------------------------- the cases
 static double case_matmul(const test_case *c) {
     int n = (int)iparam(c, "n");
     weight_pair w = rand_weight(iparam(c, "rows"), iparam(c, "cols"), iparam(c, "ld"), dtparam(c), 1);
@@ -326,7 +266,7 @@ static double case_argmax(const test_case *c) {
     return e;
 }
 
-static const struct { const char *op; double (*run)(const test_case *); } cases[] = {
+static const op_case cases[] = {
     {"matmul", case_matmul}, {"embed", case_embed}, {"rmsnorm", case_rmsnorm}, {"rope", case_rope},
     {"attention", case_attention}, {"swiglu", case_swiglu}, {"add", case_add},
     {"router_topk", case_router_topk}, {"gather_rows", case_gather_rows},
@@ -334,16 +274,6 @@ static const struct { const char *op; double (*run)(const test_case *); } cases[
 };
 
 // ---------------------------------------------------------------------------- invariance
-static int bitwise(const char *what, const float *a, const float *b, size_t n) {
-    if (!memcmp(a, b, n * sizeof(float))) return 0;
-    for (size_t i = 0; i < n; i++)
-        if (memcmp(a + i, b + i, sizeof(float))) {
-            fprintf(stderr, "FAIL %s: element %zu differs: %.9g vs %.9g\n", what, i, a[i], b[i]);
-            break;
-        }
-    return 1;
-}
-
 // Decode GEMV: token 3 alone, in a batch of 7 and first in a batch of 5 give the same bits;
 // 1-8 tokens all take the GEMV path.
 static int invariance_matmul(void) {
@@ -431,51 +361,20 @@ static void json_row(tally *t, const char *op, const char *args, double err, dou
     t->first = 0;
 }
 
-static int run_file(const char *path, tally *t) {
-    llamoe_err err;
-    char *text = read_text_file(path, 1 << 20, NULL, &err);
-    if (!text) die("%s", err.msg);
-    int line_no = 0;
-    for (char *save, *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-        line_no++;
-        while (*line == ' ') line++;
-        if (!*line || *line == '#') continue;
-        test_case c;
-        memset(&c, 0, sizeof c);
-        snprintf(c.text, sizeof c.text, "%s", line);
-        char *tok_save, *tok = strtok_r(line, " \t", &tok_save);
-        snprintf(c.op, sizeof c.op, "%s", tok);
-        while ((tok = strtok_r(NULL, " \t", &tok_save)) && c.np < 16) {
-            char *eq = strchr(tok, '=');
-            if (!eq) die("%s: line %d: expected key=value, got '%s'", path, line_no, tok);
-            *eq = 0;
-            snprintf(c.p[c.np].key, sizeof c.p[c.np].key, "%s", tok);
-            snprintf(c.p[c.np].val, sizeof c.p[c.np].val, "%s", eq + 1);
-            c.np++;
-        }
-        double (*run)(const test_case *) = NULL;
-        for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) if (!strcmp(cases[i].op, c.op)) run = cases[i].run;
-        if (!run) die("%s: line %d: unknown op '%s'", path, line_no, c.op);
-        rng_state = 0x1234u + (uint64_t)line_no;
-        double tol = tolerance(c.op), e = run(&c);
-        char args[512];
-        snprintf(args, sizeof args, "%s", strchr(c.text, ' ') ? strchr(c.text, ' ') + 1 : "");
-        char *tt = strstr(args, "tol=");   // the CPU-vs-reference tolerance does not apply here
-        if (tt) *(tt > args ? tt - 1 : tt) = 0;
-        int ok = e <= tol;
-        printf("%-12s %-64.64s %10.3g %8.2g %s\n", c.op, args, e, tol, ok ? "ok" : "FAIL");
-        fflush(stdout);
-        json_row(t, c.op, args, e, tol, ok);
-        if (ok) t->passed++;
-        else {
-            t->failed++;
-            fprintf(stderr, "FAIL %s: %s: normalised error %.3g over tolerance %.2g (CUDA vs CPU)\n", c.op, args, e, tol);
-            break;
-        }
-    }
-    free(text);
-    return t->failed;
+static int run_case(const test_case *c, void *ctx) {
+    tally *t = ctx;
+    double tol = tolerance(c->op), e = op_case_find(cases, sizeof cases / sizeof cases[0], c)(c);
+    int ok = e <= tol;   // the case's tol= is the CPU-vs-reference one: not used here
+    printf("%-12s %-64.64s %10.3g %8.2g %s\n", c->op, c->args, e, tol, ok ? "ok" : "FAIL");
+    fflush(stdout);
+    json_row(t, c->op, c->args, e, tol, ok);
+    if (ok) { t->passed++; return 0; }
+    t->failed++;
+    fprintf(stderr, "FAIL %s: %s: normalised error %.3g over tolerance %.2g (CUDA vs CPU)\n", c->op, c->args, e, tol);
+    return 1;
 }
+
+static int run_file(const char *path, tally *t) { return ops_for_each_case(path, run_case, t); }
 
 int main(int argc, char **argv) {
     if (argc < 2) die("usage: test_ops_cuda SOURCE_DIR [--json FILE]");

@@ -16,9 +16,9 @@ static uint64_t rng_next(void) {   // splitmix64
     return z ^ (z >> 31);
 }
 static float rng_uniform(void) { return (float)((rng_next() >> 40) * (2.0 / 16777216.0) - 1.0); }   // [-1, 1)
-static int rng_int(int n) { return (int)(rng_next() % (uint64_t)n); }
+static inline int rng_int(int n) { return (int)(rng_next() % (uint64_t)n); }
 
-static float *rand_floats(size_t n, float scale) {
+static inline float *rand_floats(size_t n, float scale) {
     float *p = xmalloc((n ? n : 1) * sizeof(float));
     for (size_t i = 0; i < n; i++) p[i] = scale * rng_uniform();
     return p;
@@ -26,7 +26,7 @@ static float *rand_floats(size_t n, float scale) {
 
 // A rows x cols host weight with row stride ld, random values in dtype; padding columns hold
 // NaN so a kernel that reads past cols shows it.
-static weight_t rand_weight_host(int64_t rows, int64_t cols, int64_t ld, dtype_t dt, float scale) {
+static inline weight_t rand_weight_host(int64_t rows, int64_t cols, int64_t ld, dtype_t dt, float scale) {
     size_t es = dtype_size(dt), count = (size_t)(rows ? rows : 1) * (size_t)ld;
     char *p = xmalloc(count * es);
     for (int64_t r = 0; r < rows; r++)
@@ -41,7 +41,7 @@ static weight_t rand_weight_host(int64_t rows, int64_t cols, int64_t ld, dtype_t
 
 // ---------------------------------------------------------------------------- comparisons
 // max |out - ref| / max |ref|: the error relative to the output's scale; NaN is infinite.
-static double norm_err(const float *out, const float *ref, size_t n) {
+static inline double norm_err(const float *out, const float *ref, size_t n) {
     double e = 0, m = 0;
     for (size_t i = 0; i < n; i++) {
         double d = fabs((double)out[i] - ref[i]);
@@ -52,7 +52,7 @@ static double norm_err(const float *out, const float *ref, size_t n) {
 }
 
 // 0 when a and b are bitwise equal, else prints the first difference and returns 1.
-static int bitwise(const char *what, const float *a, const float *b, size_t n) {
+static inline int bitwise(const char *what, const float *a, const float *b, size_t n) {
     if (!memcmp(a, b, n * sizeof(float))) return 0;
     for (size_t i = 0; i < n; i++)
         if (memcmp(a + i, b + i, sizeof(float))) {
@@ -71,14 +71,14 @@ static const char *param(const test_case *c, const char *key) {
     for (int i = 0; i < c->np; i++) if (!strcmp(c->p[i].key, key)) return c->p[i].val;
     die("ops cases: %s: missing parameter %s", c->text, key);
 }
-static int64_t iparam(const test_case *c, const char *key) { return strtoll(param(c, key), NULL, 10); }
-static double dparam(const test_case *c, const char *key) { return strtod(param(c, key), NULL); }
-static dtype_t dtparam(const test_case *c) {
+static inline int64_t iparam(const test_case *c, const char *key) { return strtoll(param(c, key), NULL, 10); }
+static inline double dparam(const test_case *c, const char *key) { return strtod(param(c, key), NULL); }
+static inline dtype_t dtparam(const test_case *c) {
     dtype_t t;
     if (dtype_parse(param(c, "dtype"), &t)) die("ops cases: %s: bad dtype", c->text);
     return t;
 }
-static int lparam(const test_case *c, const char *key, int64_t *out, int max) {   // comma list
+static inline int lparam(const test_case *c, const char *key, int64_t *out, int max) {   // comma list
     const char *s = param(c, key);
     int n = 0;
     while (*s && n < max) {

@@ -567,6 +567,21 @@ int main(int argc, char **argv) {
                     moe_mode_str(&m.moe, mb, sizeof mb), P, n_prompts, load_s, (long long)gs.prefill_tokens,
                     gs.prefill_s > 0 ? gs.prefill_tokens / gs.prefill_s : 0.0, (long long)gs.decode_tokens,
                     gs.decode_s > 0 ? gs.decode_tokens / gs.decode_s : 0.0, peak_rss_mb[0]);
+            if (m.moe.kind != MOE_DENSE) {
+                // Routing and traffic in one line: how uneven the experts' loads were and what
+                // the dispatch and combine moved between ranks.
+                double worst = 0, mean_imb = 0;
+                for (int l = 0; l < L; l++) {
+                    const int64_t *t = ms->tokens_per_expert + (size_t)l * E;
+                    int64_t sum = 0, max = 0;
+                    for (int e = 0; e < E; e++) { sum += t[e]; if (t[e] > max) max = t[e]; }
+                    double imb = sum ? (double)max * E / (double)sum : 0.0;
+                    worst = imb > worst ? imb : worst;
+                    mean_imb += imb / L;
+                }
+                fprintf(stderr, "llamoe: routing %d experts top-%d: load imbalance (max/mean) %.2f mean over layers, %.2f worst; traffic %.1f KiB sent, %.1f KiB received between ranks\n",
+                        E, m.moe.top_k, mean_imb, worst, traffic[0] / 1024.0, traffic[1] / 1024.0);
+            }
             if (cache)
                 fprintf(stderr, "llamoe: memory mode: %s MiB per rank (%lld slots over all ranks); %lld expert uses: hits %.1f%%, with prefetch (%s) %.1f%%; %.1f MiB copied, %lld evictions\n",
                         o.expert_budget, (long long)cs[C_SLOTS], (long long)cs[C_LOOKUPS], 100 * hit_rate,

@@ -286,6 +286,23 @@ static void grow_device_rows(moe_state *s, int64_t rows) {
     s->ye_dev = s->be->alloc(s->dev_cap * (size_t)s->d * sizeof(float));
 }
 
+// Adds one layer-step's phase times, and the exchange's traffic when rows went through it.
+static void moe_account(moe_state *s, int exchanged, double t0, double t1, double t2, double t3, double t4) {
+    if (exchanged) {
+        moe_traffic traffic;
+        moe_exchange_traffic(s->exchange, &traffic);
+        s->bytes_sent += traffic.bytes_sent;
+        s->bytes_recv += traffic.bytes_recv;
+        s->dispatch_sent += traffic.dispatch_sent;
+        s->rows_sent += traffic.rows_sent;
+        s->rows_recv += traffic.rows_recv;
+    }
+    s->t_router += t1 - t0;
+    s->t_dispatch += t2 - t1;
+    s->t_experts += t3 - t2;
+    s->t_combine += t4 - t3;
+}
+
 static int moe_forward_device(const model *m, int l, moe_state *s, comm *c, const float *xn, int n, float *out,
                               double t0, double t1) {
     const backend *be = m->be;
@@ -326,11 +343,7 @@ static int moe_forward_device(const model *m, int l, moe_state *s, comm *c, cons
         if (moe_dispatch(s->exchange, c, s->xn_host, n, s->expert, k, &xe, &offsets, &rows, &err) != 0)
             die("layer %d: dispatch: %s", l, err.msg);
         t2 = now_seconds();
-        if ((size_t)rows > s->ye_cap) {
-            free(s->ye);
-            s->ye_cap = (size_t)rows + (size_t)rows / 2;
-            s->ye = xmalloc(s->ye_cap * row_bytes);
-        }
+        CHECK((size_t)rows <= s->ye_cap);   // ye is sized for the worst case at init
         grow_device_rows(s, rows);
         be->upload(s->xe_dev, xe, (size_t)rows * row_bytes);
         be->expert_ffn(s->ye_dev, s->xe_dev, offsets, &L->experts);
@@ -338,17 +351,9 @@ static int moe_forward_device(const model *m, int l, moe_state *s, comm *c, cons
         t3 = now_seconds();
         if (moe_combine(s->exchange, c, s->ye, s->y_pairs_host, &err) != 0) die("layer %d: combine: %s", l, err.msg);
         if (n > 0) be->upload(s->y_pairs, s->y_pairs_host, (size_t)n * k * row_bytes);
-        moe_traffic traffic;
-        moe_exchange_traffic(s->exchange, &traffic);
-        s->bytes_sent += traffic.bytes_sent;
-        s->bytes_recv += traffic.bytes_recv;
     }
     if (n > 0) be->combine(out, s->y_pairs, s->pair_row, s->weight, n, k, d);
-    double t4 = now_seconds();
-    s->t_router += t1 - t0;
-    s->t_dispatch += t2 - t1;
-    s->t_experts += t3 - t2;
-    s->t_combine += t4 - t3;
+    moe_account(s, c->size > 1, t0, t1, t2, t3, now_seconds());
     return 0;
 }
 
@@ -385,11 +390,7 @@ int moe_forward(const model *m, int l, moe_state *s, comm *c, const float *xn, i
         die("layer %d: dispatch: %s", l, err.msg);
     double t2 = now_seconds();
 
-    if ((size_t)rows > s->ye_cap) {   // not reached: ye_cap is the worst case (kept as a guard)
-        free(s->ye);
-        s->ye_cap = (size_t)rows + (size_t)rows / 2;
-        s->ye = xmalloc(s->ye_cap * (size_t)d * sizeof(float));
-    }
+    CHECK((size_t)rows <= s->ye_cap);   // ye is sized for the worst case at init
     if (s->cache) {
         // Memory mode: the experts with rows, resident in the pool, in groups that fit it.
         expert_set set;
@@ -404,17 +405,6 @@ int moe_forward(const model *m, int l, moe_state *s, comm *c, const float *xn, i
     // Combine: every (token, expert) output comes home in fp32 and is summed in expert order.
     if (moe_combine(s->exchange, c, s->ye, s->y_pairs, &err) != 0) die("layer %d: combine: %s", l, err.msg);
     if (n > 0) be->combine(out, s->y_pairs, s->pair_row, s->weight, n, k, d);
-    moe_traffic traffic;
-    moe_exchange_traffic(s->exchange, &traffic);
-    s->bytes_sent += traffic.bytes_sent;
-    s->bytes_recv += traffic.bytes_recv;
-    s->dispatch_sent += traffic.dispatch_sent;
-    s->rows_sent += traffic.rows_sent;
-    s->rows_recv += traffic.rows_recv;
-    double t4 = now_seconds();
-    s->t_router += t1 - t0;
-    s->t_dispatch += t2 - t1;
-    s->t_experts += t3 - t2;
-    s->t_combine += t4 - t3;
+    moe_account(s, 1, t0, t1, t2, t3, now_seconds());
     return 0;
 }

@@ -221,7 +221,15 @@ perf8b_fn() {
   $PY "$SRC/bench/gpu_check_tools.py" perf8b --ep "$BUILD/llamoe-ep" --model "$M8B" --work "$WORK" --backend "$BACKEND" \
     --launcher "$MPIRUN -np 1" --modes "$modes" -n 64 --prefill "$PREFILL" --json "$WORK/perf8b.json"
 }
-export -f ops_fn expected_cuda_fn expected_ep_fn backends_fn ranks_fn comm_fn nccl_ep_fn hf_fn gemm_fn perf8b_fn
+# The GPU halves of the scaling and memory-mode studies (issues 7 and 8), at their quick size:
+# each rank's share of the work on one GPU.
+scaling_fn() {
+  $PY "$SRC/bench/scaling" --quick --build "$BUILD" --out "$WORK/scaling" --backend "$BACKEND" --docs none
+}
+offload_fn() {
+  QUICK=1 OUT="$WORK/offload" WORK="$WORK/offload-models" EP_ARGS="--backend $BACKEND" bash "$SRC/bench/offload/run.sh" "$BUILD"
+}
+export -f ops_fn expected_cuda_fn expected_ep_fn backends_fn ranks_fn comm_fn nccl_ep_fn hf_fn gemm_fn perf8b_fn scaling_fn offload_fn
 export PY
 
 if [ -x "$BUILD/llamoe-ep" ] || [ -x "$BUILD/test_ops_cuda" ]; then
@@ -235,9 +243,11 @@ if [ -x "$BUILD/llamoe-ep" ] || [ -x "$BUILD/test_ops_cuda" ]; then
   step hf 120 hf_fn
   step grouped_gemm 90 gemm_fn
   step perf8b 240 perf8b_fn
+  step scaling 60 scaling_fn
+  step offload 60 offload_fn
 else
   echo "=== build produced no programs: the checks are skipped"
-  for s in ops_cuda expected_cuda expected_ep backends ranks comm nccl_ep hf grouped_gemm perf8b; do record "$s" skipped 0 0 "no build"; done
+  for s in ops_cuda expected_cuda expected_ep backends ranks comm nccl_ep hf grouped_gemm perf8b scaling offload; do record "$s" skipped 0 0 "no build"; done
 fi
 [ -n "${MK_PID:-}" ] && kill "$MK_PID" 2> /dev/null
 

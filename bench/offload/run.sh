@@ -7,7 +7,8 @@
 #   bench/offload/run.sh [BUILD_DIR]      (default build; about 4 minutes on 2 cores)
 #
 # Environment: OUT (results, default docs/bench/offload), WORK (models, default
-# /tmp/llamoe-offload-bench), THREADS (default 2), QUICK=1 (fewer points, for a smoke run).
+# /tmp/llamoe-offload-bench), THREADS (default 2), QUICK=1 (fewer points, for a smoke run),
+# EP_ARGS (extra llamoe-ep arguments, e.g. "--backend cuda" from bench/gpu_check.sh).
 # Writes OUT/results.csv, OUT/results.json, OUT/results.md and OUT/offload.png (gnuplot if
 # present; skipped with a note otherwise).
 #
@@ -23,6 +24,7 @@ OUT=${OUT:-$SRC/docs/bench/offload}
 WORK=${WORK:-/tmp/llamoe-offload-bench}
 THREADS=${THREADS:-2}
 QUICK=${QUICK:-0}
+read -r -a EP_EXTRA <<< "${EP_ARGS:-}"
 EP="$BUILD/llamoe-ep"
 mkdir -p "$OUT" "$WORK"
 
@@ -45,7 +47,7 @@ run() {   # label, phase, args...
   local a=(--ids "$DEC_IDS" -n $DEC_N)
   [ "$phase" = prefill ] && a=(--ids "$PRE_IDS" -n 1)
   local t0=$(date +%s.%N)
-  "$EP" -m "$MOE" "${a[@]}" --json --bind none --threads "$THREADS" "$@" >"$WORK/run.json"
+  "$EP" -m "$MOE" "${a[@]}" --json --bind none --threads "$THREADS" ${EP_EXTRA[@]+"${EP_EXTRA[@]}"} "$@" >"$WORK/run.json"
   python3 - "$WORK/run.json" "$label" "$phase" "$*" >>"$RAW" <<'PY'
 import json, sys
 j = json.load(open(sys.argv[1]))

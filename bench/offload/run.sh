@@ -54,7 +54,7 @@ j = json.load(open(sys.argv[1]))
 j["label"], j["phase"], j["args"] = sys.argv[2], sys.argv[3], sys.argv[4]
 print(json.dumps(j))
 PY
-  printf '%-34s %-7s %6.1fs\n' "$label" "$phase" "$(echo "$(date +%s.%N) - $t0" | bc)" >&2
+  printf '%-34s %-7s %6.1fs\n' "$label" "$phase" "$(python3 -c 'import sys, time; print(time.time() - float(sys.argv[1]))' "$t0")" >&2
 }
 
 SLOT=21   # MiB: one expert, w1 + w3 + w2 (3 x 1024 x 3584 x 2 bytes = 21 MiB exactly)

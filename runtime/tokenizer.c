@@ -1296,7 +1296,7 @@ static void decode_step(const tokenizer *t, const dec_step *st, const strlist *i
             strlist_end(out, start);
         }
         break;
-    case DEC_BYTEFALLBACK:   // runs of <0xXX> tokens become one token of those bytes
+    case DEC_BYTEFALLBACK:   // runs of byte tokens (<0x41>, ...) become one token of those bytes
         for (size_t i = 0; i < in->n;) {
             uint8_t b;
             start = strlist_begin(out);

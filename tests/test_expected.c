@@ -10,7 +10,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "parallel/comm.h"
+#include "greedy.h"
 #ifdef LLAMOE_CUDA
 #include "kernels/cuda/backend_cuda.h"
 #endif
@@ -33,7 +33,6 @@ static void run_mode(const backend *be, double tol, const char *dir, json_object
     CHECK(moe_mode_parse(mode_str, &mode, &err) == 0);
     model m;
     if (model_load(&m, dir, &mode, be, 0, 1, &err) != 0) die("%s", err.msg);
-    comm *c = comm_self();
     int V = m.cfg.vocab_size;
     for (size_t ci = 0; ci < json_object_array_length(cases); ci++) {
         json_object *cs = json_object_array_get_idx(cases, ci), *v;
@@ -44,18 +43,14 @@ static void run_mode(const backend *be, double tol, const char *dir, json_object
         int n_expect = json_ids(v, expect, 256);
         const char *ptext = json_object_get_string(json_object_object_get(cs, "prompt"));
 
-        gen_options o = {.max_new = n_expect, .temperature = 0, .top_p = 1, .seed = 1, .step_tokens = step_tokens};
         FILE *dump = tmpfile();
         CHECK(dump);
-        o.dump_logits = dump;
         sequence q;
-        sequence_init(&q, 0, prompt, n_prompt, 0, &o);
         run_state rs;
         run_state_init(&rs, &m, step_tokens, 1, 512);
-        gen_stats gs;
         // No reference run sampled BOS (this model's end of story, an eos id here): a stop
         // before n_expect tokens is itself a mismatch.
-        if (generate(&m, &rs, c, &q, 1, &o, &gs, &err) != 0) die("%s", err.msg);
+        greedy_generate(&m, &rs, prompt, n_prompt, n_expect, step_tokens, dump, &q);
 
         int ok = q.n_out == n_expect && !memcmp(q.out, expect, (size_t)n_expect * sizeof(int32_t));
         int first_bad = -1;
@@ -94,7 +89,6 @@ static void run_mode(const backend *be, double tol, const char *dir, json_object
         sequence_free(&q);
         run_state_free(&rs, &m);
     }
-    c->free(c);
     model_free(&m);
 }
 

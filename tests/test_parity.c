@@ -11,8 +11,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "parallel/comm.h"
-#include "runtime/generate.h"
+#include "greedy.h"
 
 #define U 5.9604644775390625e-08   // 2^-24, unit roundoff of float32
 #define LAMBDA 8.0
@@ -77,12 +76,9 @@ static void run(const char *dir, const char *mode_str, const int32_t *prompt, in
     model m;
     if (model_load(&m, dir, &mode, backend_cpu(), 0, 1, &err) != 0) die("%s", err.msg);
     int V = m.cfg.vocab_size, T = 64;
-    gen_options o = {.max_new = steps, .temperature = 0, .top_p = 1, .seed = 1, .step_tokens = T};
     FILE *dump = tmpfile();
     CHECK(dump);
-    o.dump_logits = dump;
     sequence q;
-    sequence_init(&q, 0, prompt, n_prompt, 0, &o);
     run_state rs;
     run_state_init(&rs, &m, T, 1, n_prompt + steps + 1);
     if (lc) {
@@ -94,9 +90,7 @@ static void run(const char *dir, const char *mode_str, const int32_t *prompt, in
         rs.ffn_hook = check_layer;
         rs.ffn_hook_ctx = lc;
     }
-    comm *c = comm_self();
-    gen_stats gs;
-    if (generate(&m, &rs, c, &q, 1, &o, &gs, &err) != 0) die("%s", err.msg);
+    greedy_generate(&m, &rs, prompt, n_prompt, steps, T, dump, &q);
     r->n_ids = q.n_out;
     r->ids = xmalloc((size_t)q.n_out * sizeof(int32_t));
     memcpy(r->ids, q.out, (size_t)q.n_out * sizeof(int32_t));
@@ -105,7 +99,6 @@ static void run(const char *dir, const char *mode_str, const int32_t *prompt, in
     CHECK(fread(r->logits, sizeof(float), (size_t)q.n_out * V, dump) == (size_t)q.n_out * V);
     fclose(dump);
     if (lc) { free(lc->gate); free(lc->up); free(lc->y); }
-    c->free(c);
     sequence_free(&q);
     run_state_free(&rs, &m);
     model_free(&m);

@@ -99,7 +99,7 @@ static const backend *choose_backend(const options *o, comm **c, rank_binding *b
         free(ids);
         backend_cpu_set_threads(o->threads ? o->threads : binding->n_cores);
         const backend *be = backend_cuda();
-        if (nccl) *c = comm_staged_new(comm_nccl_new(cc));
+        if (nccl) *c = comm_staged_new(comm_nccl_new(cc, backend_cuda_stream()), backend_cuda_stream());
         return be;
     }
 #else

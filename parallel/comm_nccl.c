@@ -1,23 +1,17 @@
 // The NCCL communicator (device buffers): set up from an id broadcast over the boot
 // communicator (MPI), all-to-all-v as grouped ncclSend/ncclRecv, counts and reductions through
-// NCCL on the device. Every NCCL call goes on the CUDA backend's stream. See comm_cuda.h.
+// NCCL on the device. Every NCCL call goes on the stream given at creation (the CUDA backend's). See comm_cuda.h.
 #ifdef LLAMOE_CUDA
-#include "comm_cuda.h"
-#include "../kernels/cuda/backend_cuda.h"
-#include "../runtime/common.h"
+#include "parallel/comm_cuda.h"
+#include "base/cuda_check.h"
 
-#include <cuda_runtime_api.h>
 #include <nccl.h>
 #include <string.h>
 
 // ---------------------------------------------------------------------------- errors
 #define ncclCheck(call) nccl_check((call), #call, __FILE__, __LINE__)
-#define cudaCheck(call) cuda_check((call), #call, __FILE__, __LINE__)
 static void nccl_check(ncclResult_t r, const char *call, const char *file, int line) {
     if (r != ncclSuccess) die("%s:%d: %s failed: %s", file, line, call, ncclGetErrorString(r));
-}
-static void cuda_check(cudaError_t e, const char *call, const char *file, int line) {
-    if (e != cudaSuccess) die("%s:%d: %s failed: %s", file, line, call, cudaGetErrorString(e));
 }
 
 typedef struct {
@@ -124,9 +118,10 @@ static void nccl_free(comm *c) {
 
 // die() of any rank ends the job through the boot communicator's handler (MPI_Abort), which
 // also ends ranks blocked in NCCL; the handler stays as comm_mpi_init installed it.
-comm *comm_nccl_new(comm *boot) {
+comm *comm_nccl_new(comm *boot, void *stream) {
     if (boot->mem != COMM_MEM_HOST) die("comm nccl: the boot communicator must carry host memory");
-    int version = 0, n_gpus = cuda_device_count();
+    int version = 0, n_gpus = 0;
+    cudaCheck(cudaGetDeviceCount(&n_gpus));
     ncclCheck(ncclGetVersion(&version));
     if (boot->local_size > n_gpus && version < 23000 && !getenv("NCCL_MULTI_RANK_GPU_ENABLE"))
         die("comm nccl: %d ranks on this node share %d GPU(s), which NCCL %d.%d refuses (\"Duplicate GPU detected\"); "
@@ -134,7 +129,7 @@ comm *comm_nccl_new(comm *boot) {
     comm *c = xcalloc(1, sizeof *c);
     nccl_impl *m = xcalloc(1, sizeof *m);
     m->boot = boot;
-    m->stream = (cudaStream_t)backend_cuda_stream();
+    m->stream = (cudaStream_t)stream;
     ncclUniqueId id;
     memset(&id, 0, sizeof id);
     if (boot->rank == 0) ncclCheck(ncclGetUniqueId(&id));

@@ -1,29 +1,22 @@
 // The staging decorator: a transport carrying the other kind of memory (see comm_cuda.h).
-// Copies run on the CUDA backend's stream, so a device buffer written by a kernel is read
+// Copies run on the stream given at creation (the CUDA backend's), so a device buffer written by a kernel is read
 // after the kernel, and every call returns with its outputs in place.
 #ifdef LLAMOE_CUDA
-#include "comm_cuda.h"
-#include "../kernels/cuda/backend_cuda.h"
-#include "../runtime/common.h"
-
-#include <cuda_runtime_api.h>
-
-#define cudaCheck(call) cuda_check((call), #call, __FILE__, __LINE__)
-static void cuda_check(cudaError_t e, const char *call, const char *file, int line) {
-    if (e != cudaSuccess) die("%s:%d: %s failed: %s", file, line, call, cudaGetErrorString(e));
-}
+#include "parallel/comm_cuda.h"
+#include "base/cuda_check.h"
 
 typedef struct {
     comm *inner;
     int to_device;            // 1: inner takes device buffers (outer ones are host)
     void *send, *recv;        // staging buffers in inner's memory
     size_t send_cap, recv_cap;
+    cudaStream_t stream;      // copies are ordered with the kernels on this stream
     char name[32];
 } staged_impl;
 
 static void stage_reserve(staged_impl *s, void **buf, size_t *cap, size_t bytes) {
     if (bytes <= *cap) return;
-    cudaStream_t st = (cudaStream_t)backend_cuda_stream();
+    cudaStream_t st = s->stream;
     cudaCheck(cudaStreamSynchronize(st));
     if (*buf) cudaCheck(s->to_device ? cudaFree(*buf) : cudaFreeHost(*buf));
     *buf = NULL;
@@ -36,13 +29,13 @@ static void stage_reserve(staged_impl *s, void **buf, size_t *cap, size_t bytes)
 // outer -> stage and stage -> outer: device<->pinned host, or host<->device.
 static void copy_in(staged_impl *s, void *stage, const void *outer, size_t bytes) {
     if (!bytes) return;
-    cudaStream_t st = (cudaStream_t)backend_cuda_stream();
+    cudaStream_t st = s->stream;
     cudaCheck(cudaMemcpyAsync(stage, outer, bytes, s->to_device ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost, st));
     cudaCheck(cudaStreamSynchronize(st));   // MPI reads the host stage now; NCCL is ordered anyway
 }
 static void copy_out(staged_impl *s, void *outer, const void *stage, size_t bytes) {
     if (!bytes) return;
-    cudaStream_t st = (cudaStream_t)backend_cuda_stream();
+    cudaStream_t st = s->stream;
     cudaCheck(cudaMemcpyAsync(outer, stage, bytes, s->to_device ? cudaMemcpyDeviceToHost : cudaMemcpyHostToDevice, st));
     cudaCheck(cudaStreamSynchronize(st));   // the stage is reused by the next call
 }
@@ -92,7 +85,7 @@ static void staged_abort(comm *c, int code) {
 
 static void staged_free(comm *c) {
     staged_impl *s = c->impl;
-    cudaStreamSynchronize((cudaStream_t)backend_cuda_stream());
+    cudaStreamSynchronize(s->stream);
     if (s->to_device) { cudaFree(s->send); cudaFree(s->recv); }
     else { cudaFreeHost(s->send); cudaFreeHost(s->recv); }
     comm *inner = s->inner;
@@ -101,10 +94,11 @@ static void staged_free(comm *c) {
     inner->free(inner);
 }
 
-comm *comm_staged_new(comm *inner) {
+comm *comm_staged_new(comm *inner, void *stream) {
     comm *c = xcalloc(1, sizeof *c);
     staged_impl *s = xcalloc(1, sizeof *s);
     s->inner = inner;
+    s->stream = (cudaStream_t)stream;
     s->to_device = inner->mem == COMM_MEM_DEVICE;
     snprintf(s->name, sizeof s->name, "%s+staged", inner->name);
     c->name = s->name;

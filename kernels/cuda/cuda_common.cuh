@@ -19,26 +19,23 @@
 #include <stdint.h>
 #include <string.h>
 
-// runtime/common.h is C11: _Noreturn is spelt [[noreturn]] in C++.
+// base/common.h is C11: _Noreturn is spelt [[noreturn]] in C++.
 #define _Noreturn [[noreturn]]
 extern "C" {
-#include "../backend.h"
+#include "kernels/backend.h"
 }
+#include "base/cuda_check.h"
 #undef _Noreturn
-#include "backend_cuda.h"
+#include "kernels/cuda/backend_cuda.h"
 
 // ---------------------------------------------------------------------------- errors
 // One macro per library, each naming the call, file and line, then dying through die() (so
-// that under MPI one failing rank ends the job).
-#define cudaCheck(call) cuda_check_rt((call), #call, __FILE__, __LINE__)
+// that under MPI one failing rank ends the job); cudaCheck is base/cuda_check.h's.
 #define cublasCheck(call) cuda_check_blas((call), #call, __FILE__, __LINE__)
 // A kernel launch: catches bad configurations at once (asynchronous faults surface at the
 // next synchronising call, with that call's name).
 #define cudaCheckLaunch() cuda_check_rt(cudaGetLastError(), "kernel launch", __FILE__, __LINE__)
 
-static inline void cuda_check_rt(cudaError_t e, const char *call, const char *file, int line) {
-    if (e != cudaSuccess) die("%s:%d: %s failed: %s (%s)", file, line, call, cudaGetErrorString(e), cudaGetErrorName(e));
-}
 static inline void cuda_check_blas(cublasStatus_t s, const char *call, const char *file, int line) {
     if (s != CUBLAS_STATUS_SUCCESS) die("%s:%d: %s failed: cuBLAS status %d", file, line, call, (int)s);
 }

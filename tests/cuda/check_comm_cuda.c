@@ -96,7 +96,7 @@ int main(int argc, char **argv) {
     char what[96];
     comm *c;
     if (!strcmp(which, "mpi")) {
-        c = comm_staged_new(mpi);   // device buffers over MPI
+        c = comm_staged_new(mpi, backend_cuda_stream());   // device buffers over MPI
         snprintf(what, sizeof what, "mpi+staged alltoallv (device), %d ranks", P);
         b = check_alltoallv(c, be, what);
         failed += b; passed += !b;
@@ -104,14 +104,14 @@ int main(int argc, char **argv) {
         b = check_small(c, what);
         failed += b; passed += !b;
     } else {
-        comm *n = comm_nccl_new(mpi);
+        comm *n = comm_nccl_new(mpi, backend_cuda_stream());
         snprintf(what, sizeof what, "nccl alltoallv (device), %d ranks", P);
         b = check_alltoallv(n, be, what);
         failed += b; passed += !b;
         snprintf(what, sizeof what, "nccl counts/reductions, %d ranks", P);
         b = check_small(n, what);
         failed += b; passed += !b;
-        c = comm_staged_new(n);
+        c = comm_staged_new(n, backend_cuda_stream());
         snprintf(what, sizeof what, "nccl+staged alltoallv (host), %d ranks", P);
         b = check_alltoallv_host(c, what);
         failed += b; passed += !b;

@@ -13,7 +13,7 @@
 //                 all experts in one launch; only for n_e <= 8
 // Columns as nccl-tests: the regime, the variant, time, TFLOP/s, weight GB/s, time relative
 // to the dense GEMM, and the normalised difference from lt-loop (correctness check).
-#include "../kernels/cuda/cuda_common.cuh"
+#include "kernels/cuda/cuda_common.cuh"
 
 #include <cublas_v2.h>
 #include <stdio.h>

@@ -5,7 +5,7 @@
 // every backend: a device backend copies them itself, so the runtime never branches on it.
 // kernels/ knows nothing of files, MPI or Llama: the runtime calls these in model order.
 #pragma once
-#include "../runtime/common.h"
+#include "base/common.h"
 
 // A weight matrix [rows, cols] used as y = W x (rows outputs from cols inputs), the layout
 // of every Hugging Face Linear. ld >= cols is the distance between rows in elements, so a

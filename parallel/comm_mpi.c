@@ -1,8 +1,8 @@
 // The MPI communicator (CPU buffers). Collectives go over a duplicate of MPI_COMM_WORLD whose
 // error handler returns, so that mpiCheck can name the failing call, file and line before
 // die() ends every rank through MPI_Abort.
-#include "comm.h"
-#include "../runtime/common.h"
+#include "parallel/comm.h"
+#include "base/common.h"
 
 #include <limits.h>
 #include <mpi.h>

@@ -1,7 +1,7 @@
 // The one-process communicator: every collective over one rank is a copy or nothing. Lets the
 // dispatch/combine path and the tools run without mpirun, through exactly the same calls.
-#include "comm.h"
-#include "../runtime/common.h"
+#include "parallel/comm.h"
+#include "base/common.h"
 
 #include <string.h>
 

@@ -7,7 +7,7 @@
 //             in (token, expert) order
 //   combine:  to each source one message: one output row [d] float per pair it sent, in the
 //             order of its pairs
-#include "dispatch.h"
+#include "parallel/dispatch.h"
 
 #include <string.h>
 

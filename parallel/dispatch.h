@@ -14,8 +14,8 @@
 // Both calls are collective: every rank calls them every step, also with n = 0 tokens.
 // See docs/parallel.md for the wire format.
 #pragma once
-#include "comm.h"
-#include "placement.h"
+#include "parallel/comm.h"
+#include "parallel/placement.h"
 
 typedef struct moe_exchange moe_exchange;
 

@@ -1,4 +1,4 @@
-#include "placement.h"
+#include "parallel/placement.h"
 
 int placement_init(expert_placement *p, int n_experts, int n_ranks, llamoe_err *err) {
     if (n_ranks < 1) return fail(err, "cannot place experts on %d ranks", n_ranks);

@@ -7,7 +7,7 @@
 // that hold no weights (they would still work in the exchange, but the runtime would carry a
 // special case for an idle configuration nobody wants to run).
 #pragma once
-#include "../runtime/common.h"
+#include "base/common.h"
 
 typedef struct {
     int n_experts, n_ranks;

@@ -1,5 +1,5 @@
 // hwloc binding of ranks to cores (and to the cores near their GPU).
-#include "topology.h"
+#include "parallel/topology.h"
 
 #include <errno.h>
 #include <hwloc.h>

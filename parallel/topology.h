@@ -5,7 +5,7 @@
 // (parallel/ calls nothing in kernels/). Binding never fails a run: if hwloc cannot bind, the
 // rank warns once and runs where it is.
 #pragma once
-#include "../runtime/common.h"
+#include "base/common.h"
 
 typedef enum { BIND_NONE = 0, BIND_CORES = 1 } bind_mode;
 int bind_mode_parse(const char *s, bind_mode *out);   // "none" | "cores"; 0 on success

@@ -1,6 +1,6 @@
 // config.json (+ generation_config.json) of a Llama 3.x or Mixtral model directory.
 #pragma once
-#include "common.h"
+#include "base/common.h"
 
 #define CONFIG_MAX_EOS 16
 

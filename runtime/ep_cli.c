@@ -1,6 +1,6 @@
 // llamoe-ep's command line and prompts file (see ep_cli.h). Everything here comes from the
 // user: every number is range-checked, every count bounded before it sizes an allocation.
-#include "ep_cli.h"
+#include "runtime/ep_cli.h"
 
 #include <ctype.h>
 #include <errno.h>

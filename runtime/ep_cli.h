@@ -1,10 +1,10 @@
 // llamoe-ep's command line and prompts file, parsed without exiting: llamoe-ep die()s with
 // the message, the tests and the fuzzers (tests/fuzz/) call these directly.
 #pragma once
-#include "common.h"
-#include "moe_mode.h"
+#include "base/common.h"
+#include "runtime/moe_mode.h"
 #include "parallel/topology.h"
-#include "tokenizer.h"
+#include "runtime/tokenizer.h"
 
 #define EP_DEFAULT_MODEL LLAMOE_SOURCE_DIR "/models/stories260k"
 #define EP_DEFAULT_PROMPT "Once upon a time"

@@ -1,5 +1,5 @@
 // Memory mode: the per-rank expert cache (see expert_cache.h for the contract).
-#include "expert_cache.h"
+#include "runtime/expert_cache.h"
 
 #include <string.h>
 #include <sys/mman.h>

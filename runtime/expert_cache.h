@@ -13,7 +13,7 @@
 // synchronous, so it only moves work; the counters say what an asynchronous copy would have
 // hidden (a prefetch hit is a use served by a copy issued earlier, off the critical path).
 #pragma once
-#include "model.h"
+#include "runtime/model.h"
 
 
 typedef struct {

@@ -1,6 +1,6 @@
 // LLAMOE_FAULT (see fault.h). Each injected fault announces itself on stderr first, so that a
 // variable left set by mistake explains the failure it causes.
-#include "fault.h"
+#include "runtime/fault.h"
 
 #include <signal.h>
 #include <string.h>

@@ -9,7 +9,7 @@
 //   stall  the rank sleeps 60 s at STEP (a hung rank; lets a test kill -9 ranks from outside)
 // STEP counts generate()'s forward steps from 0.
 #pragma once
-#include "common.h"
+#include "base/common.h"
 
 typedef enum { FAULT_NONE, FAULT_OPEN, FAULT_OOM, FAULT_EXIT, FAULT_KILL, FAULT_STALL } fault_kind;
 typedef struct {

@@ -1,6 +1,6 @@
 // Llama forward: embed -> [RMSNorm -> GQA attention -> residual -> RMSNorm -> FFN or MoE ->
 // residual] x layers -> RMSNorm -> LM head.
-#include "forward.h"
+#include "runtime/forward.h"
 
 #include <string.h>
 

@@ -2,8 +2,8 @@
 // per sequence slot. Prefill (many tokens of one sequence), decode (one token of each of
 // many sequences) and anything between go through the same call.
 #pragma once
-#include "model.h"
-#include "moe.h"
+#include "runtime/model.h"
+#include "runtime/moe.h"
 
 typedef struct {
     double total, attention, ffn, lm_head;   // seconds, accumulated (MoE parts in moe.*)

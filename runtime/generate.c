@@ -1,6 +1,6 @@
 // The step loop and sampling.
-#include "generate.h"
-#include "fault.h"
+#include "runtime/generate.h"
+#include "runtime/fault.h"
 
 #include <errno.h>
 #include <math.h>

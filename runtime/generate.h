@@ -1,8 +1,8 @@
 // Generation: sequences, sampling, and the step loop that batches every sequence of this
 // rank (prompt chunks and decode tokens together) and keeps all ranks in lockstep.
 #pragma once
-#include "forward.h"
-#include "rng.h"
+#include "runtime/forward.h"
+#include "base/rng.h"
 
 typedef enum { STOP_NONE, STOP_EOS, STOP_LENGTH, STOP_CONTEXT } stop_reason;
 

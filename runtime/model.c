@@ -1,10 +1,10 @@
 // Model loading: config + safetensors -> a plan of weight views and this rank's experts.
-#include "model.h"
+#include "runtime/model.h"
 
 #include <math.h>
 #include <string.h>
 
-#include "moe.h"
+#include "runtime/moe.h"
 #include "parallel/placement.h"
 
 // ---------------------------------------------------------------------------- tensors

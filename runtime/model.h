@@ -1,10 +1,10 @@
 // The model plan: config, weights (views into the mmapped checkpoint where the layout is
 // already right), the MoE layers this rank serves, and RoPE tables.
 #pragma once
-#include "../kernels/backend.h"
-#include "config.h"
-#include "moe_mode.h"
-#include "safetensors.h"
+#include "kernels/backend.h"
+#include "runtime/config.h"
+#include "runtime/moe_mode.h"
+#include "runtime/safetensors.h"
 
 typedef struct {
     float *attn_norm, *ffn_norm;          // float32 [hidden], owned

@@ -1,10 +1,10 @@
 // MoE construction (identity / upcycle / production / Mixtral checkpoint) and the MoE FFN.
-#include "moe.h"
+#include "runtime/moe.h"
 
 #include <math.h>
 #include <string.h>
 
-#include "rng.h"
+#include "base/rng.h"
 
 // ---------------------------------------------------------------------------- construction
 void identity_slice(int ffn, int E, int e, int *start, int *width) {

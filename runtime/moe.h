@@ -1,8 +1,8 @@
 // MoE layers: building this rank's experts and router from a dense or Mixtral checkpoint,
 // and the MoE FFN of one layer for one step (route, dispatch, grouped FFN, combine).
 #pragma once
-#include "expert_cache.h"
-#include "model.h"
+#include "runtime/expert_cache.h"
+#include "runtime/model.h"
 #include "parallel/comm.h"
 #include "parallel/dispatch.h"
 

@@ -1,4 +1,4 @@
-#include "moe_mode.h"
+#include "runtime/moe_mode.h"
 
 #include <errno.h>
 #include <string.h>

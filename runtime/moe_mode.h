@@ -1,6 +1,6 @@
 // --moe MODE: how the dense FFN of every layer becomes a Mixture-of-Experts layer.
 #pragma once
-#include "common.h"
+#include "base/common.h"
 
 typedef enum {
     MOE_DENSE,        // the dense FFN, no experts: the baseline

@@ -1,7 +1,7 @@
 // safetensors: mmap reader (single file or sharded with model.safetensors.index.json) and a
 // streaming writer that writes to a temporary name and renames on success.
 #pragma once
-#include "common.h"
+#include "base/common.h"
 
 #define ST_MAX_DIMS 8
 

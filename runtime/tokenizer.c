@@ -10,7 +10,7 @@
 // tokenizer struct, loading (one function per tokenizer.json section), encoding, decoding,
 // streaming decode.
 #define PCRE2_CODE_UNIT_WIDTH 8
-#include "tokenizer.h"
+#include "runtime/tokenizer.h"
 
 #include <json-c/json.h>
 #include <pcre2.h>

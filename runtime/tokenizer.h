@@ -1,7 +1,7 @@
 // Hugging Face tokenizer.json: byte-level BPE (Llama 3) and SentencePiece-style BPE with
 // byte fallback (Llama 2 / the bundled stories260k model).
 #pragma once
-#include "common.h"
+#include "base/common.h"
 
 typedef struct tokenizer tokenizer;
 

@@ -2,7 +2,7 @@
 // The job must end on every rank, non-zero, with "llamoe: rank N: injected failure" on stderr.
 // Optional argv[1]: the failing rank (default: the last).
 #include "parallel/comm.h"
-#include "runtime/common.h"
+#include "base/common.h"
 
 #include <time.h>
 

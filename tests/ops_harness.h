@@ -2,7 +2,7 @@
 // seeded random data, the case-file format of tests/data/ops_cases*.txt, and comparisons.
 // Header-only (static functions): each test is one program.
 #pragma once
-#include "../kernels/backend.h"
+#include "kernels/backend.h"
 
 #include <math.h>
 #include <string.h>

@@ -2,7 +2,7 @@
 // documentation in kernels/backend.h and not from the kernels. test_ops.c compares against
 // them by normalised error. Static, so each test program that includes this gets its own.
 #pragma once
-#include "../kernels/backend.h"
+#include "kernels/backend.h"
 
 #include <math.h>
 #include <string.h>

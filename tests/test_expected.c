@@ -10,7 +10,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "greedy.h"
+#include "tests/greedy.h"
 #ifdef LLAMOE_CUDA
 #include "kernels/cuda/backend_cuda.h"
 #endif

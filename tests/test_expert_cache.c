@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "runtime/moe.h"
-#include "runtime/rng.h"
+#include "base/rng.h"
 
 static int failures, checks;
 #define EXPECT(cond, ...)                                              \

@@ -4,7 +4,7 @@
 // shows up in plain ctest, and under the sanitizer build as a report.
 #include <dirent.h>
 
-#include "fuzz/targets.h"
+#include "tests/fuzz/targets.h"
 
 static int replay_dir(const fuzz_target *t, const char *src, const char *kind, int *files) {
     char dir[4096];

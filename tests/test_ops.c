@@ -3,9 +3,9 @@
 // project relies on: a token's results are bitwise the same alone or in a batch, at any
 // position, with any thread count, and with F32 or BF16 weights holding the same values.
 //   test_ops SOURCE_DIR
-#include "../kernels/backend.h"
-#include "ops_harness.h"
-#include "ops_reference.h"
+#include "kernels/backend.h"
+#include "tests/ops_harness.h"
+#include "tests/ops_reference.h"
 
 #include <math.h>
 #include <string.h>

@@ -11,7 +11,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "greedy.h"
+#include "tests/greedy.h"
 
 #define U 5.9604644775390625e-08   // 2^-24, unit roundoff of float32
 #define LAMBDA 8.0

@@ -5,7 +5,7 @@
 // V row while it is in cache. Scores are cpu_dot dot products, the softmax subtracts the max
 // and sums in position order, and the output accumulates positions in order, so a token's
 // output is independent of the batch and of the thread that computes it.
-#include "cpu_internal.h"
+#include "kernels/cpu/cpu_internal.h"
 
 #include <omp.h>
 

@@ -1,6 +1,6 @@
 // The CPU backend's ops table. Backend memory is host memory, so the memory ops are the C
 // library's and sync has nothing to wait for.
-#include "cpu_internal.h"
+#include "kernels/cpu/cpu_internal.h"
 
 #include <omp.h>
 

@@ -1,7 +1,7 @@
 // Shared by the CPU kernels: thread count, the 16-lane vector type, and the two reductions
 // every deterministic kernel goes through (the matmul tile and the fixed-order dot product).
 #pragma once
-#include "../backend.h"
+#include "kernels/backend.h"
 
 #include <math.h>
 #include <string.h>

@@ -1,6 +1,6 @@
 // The small ops: embedding lookup, swiglu, residual add, argmax. Each output element depends
 // on its own inputs only, so batching cannot change it.
-#include "cpu_internal.h"
+#include "kernels/cpu/cpu_internal.h"
 
 void cpu_embed(float *out, const weight_t *table, const int32_t *ids, int n) {
     size_t esize = dtype_size(table->dtype);

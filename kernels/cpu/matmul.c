@@ -5,7 +5,7 @@
 // zero-padded tail, fixed reduction tree. Tiles of several tokens x several rows only decide
 // which dot products run side by side (sharing loads), never how one is summed, so results
 // do not depend on n, on a token's place in the batch, on threads or on the weight dtype.
-#include "cpu_internal.h"
+#include "kernels/cpu/cpu_internal.h"
 
 #include <omp.h>
 

@@ -1,6 +1,6 @@
 // MoE ops: router top-k, the gather that groups tokens by expert, the grouped expert FFN and
 // the combine that sums each token's expert outputs in a fixed order.
-#include "cpu_internal.h"
+#include "kernels/cpu/cpu_internal.h"
 
 #include <omp.h>
 

@@ -1,6 +1,6 @@
 // rmsnorm: out = x / sqrt(mean(x^2) + eps) * w, per row. The sum of squares is cpu_dot's
 // fixed 16-lane scheme, so a row's result does not depend on the batch around it.
-#include "cpu_internal.h"
+#include "kernels/cpu/cpu_internal.h"
 
 void cpu_rmsnorm(float *out, const float *x, const float *w, int n, int dim, float eps) {
 #pragma omp parallel for schedule(static) num_threads(cpu_threads()) if ((int64_t)n * dim > 65536)

@@ -1,7 +1,7 @@
 // rope: Hugging Face rotate-half. In each head, x[j] and x[j + head_dim/2] turn by the angle
 // pos * inv_freq[j], computed in fp32 as transformers does (float positions times float
 // inverse frequencies, then cos and sin).
-#include "cpu_internal.h"
+#include "kernels/cpu/cpu_internal.h"
 
 void cpu_rope(float *x, int n, int n_heads, int head_dim, const int32_t *pos, const float *inv_freq) {
     int half = head_dim / 2;

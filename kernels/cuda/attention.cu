@@ -13,7 +13,7 @@
 // holds (chunks past its position leave its state bitwise unchanged), so without a split a
 // token's output does not depend on the batch; the number of splits depends on the number of
 // tiles and the longest context, so decode results can depend on the batch in the last bits.
-#include "cuda_common.cuh"
+#include "kernels/cuda/cuda_common.cuh"
 
 #include <stdlib.h>
 

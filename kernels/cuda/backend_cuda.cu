@@ -1,6 +1,6 @@
 // The CUDA backend's ops table, its context (device, stream, cuBLASLt handle), device memory,
 // the pinned ring that carries host index arrays to the device, and the scratch buffers.
-#include "cuda_common.cuh"
+#include "kernels/cuda/cuda_common.cuh"
 
 #include <stdio.h>
 #include <stdlib.h>

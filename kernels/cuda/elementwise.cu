@@ -1,7 +1,7 @@
 // The small ops: embedding lookup, row gather, swiglu, residual add, argmax, and the narrowing
 // of activations for cuBLASLt. Each output element depends on its own inputs only, so
 // batching cannot change it.
-#include "cuda_common.cuh"
+#include "kernels/cuda/cuda_common.cuh"
 
 // Grid-stride launches: enough blocks to fill the GPU, each thread looping over the rest.
 #define EW_THREADS 256

@@ -10,7 +10,7 @@
 //     then depend on the algorithm cuBLASLt picks for the shape (so on n); the pointer
 //     alignment given to the heuristic is capped at 16 bytes so that it does not change the
 //     choice between calls of the same shape.
-#include "cuda_common.cuh"
+#include "kernels/cuda/cuda_common.cuh"
 
 #include <stdlib.h>
 

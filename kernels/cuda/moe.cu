@@ -1,6 +1,6 @@
 // MoE ops: router top-k, the combine that sums each token's expert outputs in a fixed order,
 // and the grouped expert FFN.
-#include "cuda_common.cuh"
+#include "kernels/cuda/cuda_common.cuh"
 
 #include <stdlib.h>
 

@@ -1,7 +1,7 @@
 // rmsnorm: out = x / sqrt(mean(x^2) + eps) * w, one block per row. The sum of squares has a
 // fixed order (per-thread strided sums, then a fixed tree), so a row's result does not depend
 // on the batch around it.
-#include "cuda_common.cuh"
+#include "kernels/cuda/cuda_common.cuh"
 
 #define RMS_THREADS 256
 

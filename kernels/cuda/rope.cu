@@ -1,7 +1,7 @@
 // rope: Hugging Face rotate-half. In each head, x[j] and x[j + head_dim/2] turn by the angle
 // pos * inv_freq[j], in fp32 as transformers does (float position times float inverse
 // frequency, then the accurate sincosf). inv_freq is host memory (the model keeps it there).
-#include "cuda_common.cuh"
+#include "kernels/cuda/cuda_common.cuh"
 
 __global__ void rope_kernel(float *x, const int32_t *pos, const float *inv_freq, int n_heads, int head_dim, int64_t count) {
     int half = head_dim / 2;

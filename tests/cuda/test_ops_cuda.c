@@ -6,9 +6,9 @@
 // Stops at the first failure, naming the op, the case and the error.
 //   test_ops_cuda SOURCE_DIR [--json FILE]
 // Exits 77 (ctest: skipped) when no GPU is present.
-#include "../../kernels/backend.h"
-#include "../ops_harness.h"
-#include "../../kernels/cuda/backend_cuda.h"
+#include "kernels/backend.h"
+#include "tests/ops_harness.h"
+#include "kernels/cuda/backend_cuda.h"
 
 #include <math.h>
 #include <string.h>

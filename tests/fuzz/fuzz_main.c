@@ -1,6 +1,6 @@
 // One libFuzzer program per target in targets.h: built with -DFUZZ_TARGET=\"name\" by the
 // LLAMOE_FUZZ=ON configuration (tests/fuzz/run.sh).
-#include "targets.h"
+#include "tests/fuzz/targets.h"
 
 static void (*target_fn)(const uint8_t *, size_t);
 

@@ -1,5 +1,5 @@
 #define _GNU_SOURCE   // O_TMPFILE (out_file)
-#include "common.h"
+#include "base/common.h"
 
 #include <errno.h>
 #include <fcntl.h>

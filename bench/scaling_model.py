@@ -1,4 +1,4 @@
-"""The traffic / time model of bench/scaling (everything here is MODELLED, not measured).
+"""The traffic / time model of bench/scaling.py (everything here is MODELLED, not measured).
 
 Formulas (docs/benchmarks.md explains them; names follow it):
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/scaling --quick: the files are produced and well-formed (CSV and JSON parse, the
+# bench/scaling.py --quick: the files are produced and well-formed (CSV and JSON parse, the
 # expected columns and keys are there, every MoE point with P > 1 moved bytes). PNGs are
 # checked only when gnuplot is installed. No timing is asserted.
 set -euo pipefail
@@ -23,10 +23,10 @@ then ok "llamoe-ep --warmup: same tokens, statistics of the timed run only"
 else bad "llamoe-ep --warmup: $(head -c 300 "$TMP/w3")"
 fi
 
-if timeout 120 "$S/bench/scaling" --quick --out "$OUT" --build "$B" >"$TMP/log" 2>&1; then
-  ok "bench/scaling --quick ran ($(grep -o 'done in [0-9]* s' "$TMP/log"))"
+if timeout 120 "$S/bench/scaling.py" --quick --out "$OUT" --build "$B" >"$TMP/log" 2>&1; then
+  ok "bench/scaling.py --quick ran ($(grep -o 'done in [0-9]* s' "$TMP/log"))"
 else
-  bad "bench/scaling --quick failed: $(tail -5 "$TMP/log")"
+  bad "bench/scaling.py --quick failed: $(tail -5 "$TMP/log")"
 fi
 
 for f in scaling.csv scaling.json model.csv model.json scaling.md; do

@@ -8,7 +8,7 @@
 #
 # Environment: OUT (results, default docs/bench/offload), WORK (models, default
 # /tmp/llamoe-offload-bench), THREADS (default 2), QUICK=1 (fewer points, for a smoke run),
-# EP_ARGS (extra llamoe-ep arguments, e.g. "--backend cuda" from bench/gpu_check.sh).
+# EP_ARGS (extra llamoe-ep arguments, e.g. "--backend cuda" from tests/gpu/gpu_check.sh).
 # Writes OUT/results.csv, OUT/results.json, OUT/results.md and OUT/offload.png (gnuplot if
 # present; skipped with a note otherwise).
 #

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""bench/scaling: the expert-parallel scaling benchmark (issue 7).
+"""bench/scaling.py: the expert-parallel scaling benchmark (issue 7).
 
-  bench/scaling [--quick] --out DIR [--model DIR] [--build DIR] [--docs FILE|none] [...]
+  bench/scaling.py [--quick] --out DIR [--model DIR] [--build DIR] [--docs FILE|none] [...]
 
 Sweeps the expert-parallel degree P, the MoE mode and the load (decode with B sequences in
 flight; prefill of T tokens) with real `mpirun -np P llamoe-ep` runs, then fits and applies
@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import scaling_model as sm  # noqa: E402
 
 SRC = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BEGIN, END = "<!-- bench/scaling: begin (generated, do not edit) -->", "<!-- bench/scaling: end -->"
+BEGIN, END = "<!-- bench/scaling.py: begin (generated, do not edit) -->", "<!-- bench/scaling.py: end -->"
 
 # Model sizes. Default: expert compute dominates a step (FFN 3.5x hidden), 4 layers keep a
 # P = 1 decode step of 256 sequences near half a second on 2 cores.
@@ -762,7 +762,7 @@ def main():
         log(f"{machine['cores']} cores ({machine['cpu_model']}); sweep {a.sweep}")
         rows, raw = sweep(a, build, models, cfg, machine)
         model, preds = model_section(rows, cfg)
-        meta = {"command": "bench/scaling " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        meta = {"command": "bench/scaling.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d %H:%M %Z"),
                 "run_time_s": time.time() - t0, "machine": machine, "size": cfg, "sweep": a.sweep,
                 "size_name": a.size, "label": "MEASURED"}
     write_csv(os.path.join(a.out, "scaling.csv"), rows, CSV_COLUMNS)

@@ -18,7 +18,7 @@
 # Results: OUT_DIR/summary.json (every step: status, seconds, and each step's JSON) and
 # OUT_DIR/gpu_check.log (the whole output). The whole run keeps within --budget seconds.
 #
-#   bench/gpu_check.sh [OUT_DIR] [--cpu-only] [--layers N] [--budget S] [--steps A,B] [--force-debs]
+#   tests/gpu/gpu_check.sh [OUT_DIR] [--cpu-only] [--layers N] [--budget S] [--steps A,B] [--force-debs]
 #     OUT_DIR      default $OUT (the device tool sets it), else ./gpu-check-out
 #     --cpu-only   no GPU here: deps, build (CUDA compiled, not run), and the plumbing of the
 #                  llamoe-ep steps (expected_ep, ranks, hf, perf8b on a tiny model) with
@@ -27,9 +27,9 @@
 #     --budget S   seconds for the whole run (default 420: a rerun still fits a 15-minute lease)
 #     --steps A,B  run only these checks (the build always runs), e.g. for a rerun of failures
 #     --force-debs use gpu-debs/ even if the machine has MPI etc. (to test that path)
-# With the device tool:  run(command="bash bench/gpu_check.sh", carry=["gpu-debs"], timeout_s=480)
+# With the device tool:  run(command="bash tests/gpu/gpu_check.sh", carry=["gpu-debs"], timeout_s=480)
 set -u
-SRC=$(cd "$(dirname "$0")/.." && pwd)
+SRC=$(cd "$(dirname "$0")/../.." && pwd)
 OUT_DIR=${OUT:-$SRC/gpu-check-out}
 CPU_ONLY=0 LAYERS=32 BUDGET=420 FORCE_DEBS="" ONLY=""
 while [ $# -gt 0 ]; do
@@ -131,7 +131,7 @@ record env ok 0 0 ""
 # ---------------------------------------------------------------------------- dependencies
 t=$(date +%s)
 # shellcheck source=gpu_env.sh
-source "$SRC/bench/gpu_env.sh" "$WORK" $FORCE_DEBS
+source "$SRC/tests/gpu/gpu_env.sh" "$WORK" $FORCE_DEBS
 echo "=== deps: $LLAMOE_DEPS ($(command -v mpirun || echo no mpirun))"
 record deps "$([ "$LLAMOE_DEPS" = missing ] && echo fail || echo ok)" $(( $(date +%s) - t )) 0 "$LLAMOE_DEPS"
 
@@ -177,16 +177,16 @@ export M8B MKLOG PREFILL
 ops_fn() { needs_gpu; "$BUILD/test_ops_cuda" "$SRC" --json "$WORK/ops_cuda.json"; }
 expected_cuda_fn() { needs_gpu; "$BUILD/test_expected" "$SRC" --backend cuda; }
 expected_ep_fn() {
-  $PY "$SRC/bench/gpu_check_tools.py" expected --ep "$BUILD/llamoe-ep" --src "$SRC" --launcher "$MPIRUN -np 1" --backend "$BACKEND" \
+  $PY "$SRC/tests/gpu/gpu_check_tools.py" expected --ep "$BUILD/llamoe-ep" --src "$SRC" --launcher "$MPIRUN -np 1" --backend "$BACKEND" \
     --modes dense,identity:8,upcycle:8:2 --json "$WORK/expected_ep.json"
 }
 backends_fn() {
   needs_gpu
-  $PY "$SRC/bench/gpu_check_tools.py" backends --ep "$BUILD/llamoe-ep" --src "$SRC" --work "$WORK" --launcher "$MPIRUN -np 1" \
+  $PY "$SRC/tests/gpu/gpu_check_tools.py" backends --ep "$BUILD/llamoe-ep" --src "$SRC" --work "$WORK" --launcher "$MPIRUN -np 1" \
     --modes dense,upcycle:8:2 -n 24 --step 64 --json "$WORK/backends.json"
 }
 ranks_fn() {
-  $PY "$SRC/bench/gpu_check_tools.py" ranks --ep "$BUILD/llamoe-ep" --src "$SRC" --work "$WORK" --mpirun "$MPIRUN" --np 3 --backend "$BACKEND" \
+  $PY "$SRC/tests/gpu/gpu_check_tools.py" ranks --ep "$BUILD/llamoe-ep" --src "$SRC" --work "$WORK" --mpirun "$MPIRUN" --np 3 --backend "$BACKEND" \
     --transport mpi --modes upcycle:8:2,identity:8 -n 24 --json "$WORK/ranks.json"
 }
 comm_fn() {
@@ -200,11 +200,11 @@ comm_fn() {
 }
 nccl_ep_fn() {
   needs_gpu
-  $PY "$SRC/bench/gpu_check_tools.py" expected --ep "$BUILD/llamoe-ep" --src "$SRC" --launcher "$MPIRUN -np 1" \
+  $PY "$SRC/tests/gpu/gpu_check_tools.py" expected --ep "$BUILD/llamoe-ep" --src "$SRC" --launcher "$MPIRUN -np 1" \
     --transport nccl --modes upcycle:8:2 --json "$WORK/nccl_ep.json"
 }
 hf_fn() {
-  $PY "$SRC/bench/hf_crosscheck.py" --build "$BUILD" --model "$SRC/models/stories260k" --work "$WORK/hf" \
+  $PY "$SRC/tests/gpu/hf_crosscheck.py" --build "$BUILD" --model "$SRC/models/stories260k" --work "$WORK/hf" \
     --json "$WORK/hf_crosscheck.json" --backend "$BACKEND" -n 16
 }
 gemm_fn() { needs_gpu; "$BUILD/bench_grouped_gemm" --json "$WORK/grouped_gemm.json"; }
@@ -218,13 +218,13 @@ perf8b_fn() {
   grep -q '^rc=0' "$MKLOG" || return 1
   local modes=dense,identity:8
   [ "$LAYERS" -le 16 ] && modes=$modes,upcycle:8:2   # 8 copies of the FFN: 32 layers do not fit 80 GB
-  $PY "$SRC/bench/gpu_check_tools.py" perf8b --ep "$BUILD/llamoe-ep" --model "$M8B" --work "$WORK" --backend "$BACKEND" \
+  $PY "$SRC/tests/gpu/gpu_check_tools.py" perf8b --ep "$BUILD/llamoe-ep" --model "$M8B" --work "$WORK" --backend "$BACKEND" \
     --launcher "$MPIRUN -np 1" --modes "$modes" -n 64 --prefill "$PREFILL" --json "$WORK/perf8b.json"
 }
 # The GPU halves of the scaling and memory-mode studies (issues 7 and 8), at their quick size:
 # each rank's share of the work on one GPU.
 scaling_fn() {
-  $PY "$SRC/bench/scaling" --quick --build "$BUILD" --out "$WORK/scaling" --backend "$BACKEND" --docs none
+  $PY "$SRC/bench/scaling.py" --quick --build "$BUILD" --out "$WORK/scaling" --backend "$BACKEND" --docs none
 }
 offload_fn() {
   QUICK=1 OUT="$WORK/offload" WORK="$WORK/offload-models" EP_ARGS="--backend $BACKEND" bash "$SRC/bench/offload/run.sh" "$BUILD"
@@ -252,7 +252,7 @@ fi
 [ -n "${MK_PID:-}" ] && kill "$MK_PID" 2> /dev/null
 
 # ---------------------------------------------------------------------------- summary
-$PY "$SRC/bench/gpu_check_tools.py" summary --steps "$STEPS" --work "$WORK" --out "$OUT_DIR/summary.json"
+$PY "$SRC/tests/gpu/gpu_check_tools.py" summary --steps "$STEPS" --work "$WORK" --out "$OUT_DIR/summary.json"
 echo "=== gpu_check done in $(elapsed) s"
 python3 -c 'import json,sys
 for x in json.load(open(sys.argv[1]))["steps"]: print("  %-14s %-8s %4d s %s" % (x["step"], x["status"], x["seconds"], x["note"]))' "$OUT_DIR/summary.json"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Helpers of bench/gpu_check.sh (standard library only): each subcommand runs llamoe-ep
+"""Helpers of tests/gpu/gpu_check.sh (standard library only): each subcommand runs llamoe-ep
 the way one check needs, compares, and writes one JSON file.
 
   expected   bundled model: greedy ids of every expected.json prompt per mode and backend
@@ -241,7 +241,7 @@ def main():
     for name in ("expected", "backends", "ranks", "perf8b"):
         p = sub.add_parser(name)
         p.add_argument("--ep", required=True, help="path of llamoe-ep")
-        p.add_argument("--src", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        p.add_argument("--src", default=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
         p.add_argument("--work", default="/tmp")
         p.add_argument("--json", required=True)
         p.add_argument("--launcher", default="")

@@ -1,16 +1,16 @@
 # shellcheck shell=bash disable=SC2034
-# Sourced by bench/gpu_check.sh: makes Open MPI, hwloc, json-c, pcre2 and pkg-config usable.
+# Sourced by tests/gpu/gpu_check.sh: makes Open MPI, hwloc, json-c, pcre2 and pkg-config usable.
 # If the machine has them (mpicc, mpirun, and pkg-config finding json-c, libpcre2-8, hwloc),
-# nothing changes. Otherwise the Debian packages in gpu-debs/ (bench/fetch_gpu_debs.sh) are
+# nothing changes. Otherwise the Debian packages in gpu-debs/ (tests/gpu/fetch_gpu_debs.sh) are
 # unpacked with dpkg -x into $1/debroot (never into /) and the environment points there:
 #   PATH (mpirun, mpicc, pkg-config), LD_LIBRARY_PATH, PKG_CONFIG_PATH (the .pc files'
 #   prefix rewritten), OPAL_PREFIX (Open MPI's relocation variable: components, help files,
 #   wrapper data), PMIX_PREFIX (PMIx's: its plugins, help files), and LLAMOE_CMAKE_MPI_ARGS for cmake.
-#   source bench/gpu_env.sh WORK_DIR [--force-debs]
+#   source tests/gpu/gpu_env.sh WORK_DIR [--force-debs]
 # Sets LLAMOE_DEPS to "system" or "debs" (or "missing" when neither works).
 llamoe_gpu_env() {
   local work=$1 force=${2:-} src debs root lib
-  src=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+  src=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
   debs=${LLAMOE_GPU_DEBS:-$src/gpu-debs}
   LLAMOE_CMAKE_MPI_ARGS=""
   if [ "$force" != --force-debs ] && command -v mpicc > /dev/null && command -v mpirun > /dev/null &&
@@ -19,7 +19,7 @@ llamoe_gpu_env() {
     return 0
   fi
   if ! ls "$debs"/*.deb > /dev/null 2>&1; then
-    echo "gpu_env: no MPI/hwloc/json-c/pcre2 on this machine and no .deb files in $debs (run bench/fetch_gpu_debs.sh and carry gpu-debs)" >&2
+    echo "gpu_env: no MPI/hwloc/json-c/pcre2 on this machine and no .deb files in $debs (run tests/gpu/fetch_gpu_debs.sh and carry gpu-debs)" >&2
     LLAMOE_DEPS=missing
     return 1
   fi

@@ -1,83 +1,49 @@
-// Grouped expert GEMM variants on the shapes of the MoE layers (the up/gate projection of
-// every local expert of one layer: out_e[n_e, ff] = x_e[n_e, d] . W_e^T, bf16 weights and
-// activations, fp32 accumulation), against one dense cuBLASLt GEMM of the same FLOPs.
-//   bench_grouped_gemm [--json FILE] [--quick]
-// Variants:
-//   lt-loop       one cuBLASLt GEMM per expert in order on one stream (expert_ffn's path for
-//                 experts with more than 8 tokens; plans cached)
-//   lt-streams    the same spread over 4 streams (cuBLASLt workspace per stream)
-//   cublas-grouped  cublasGemmGroupedBatchedEx (cuBLAS 12.5+): one call for all experts
-//   lt-grouped    cuBLASLt's grouped matrix layouts (CUBLASLT_BATCH_MODE_GROUPED, cuBLAS 13.3+):
-//                 reported unavailable when the headers lack it
-//   gemv          the backend's small-batch kernel (expert_ffn's path for <= 8 tokens),
-//                 all experts in one launch; only for n_e <= 8
-// Columns as nccl-tests: the regime, the variant, time, TFLOP/s, weight GB/s, time relative
-// to the dense GEMM, and the normalised difference from lt-loop (correctness check).
+// The CUDA backend's grouped expert FFN against a dense FFN of the same FLOPs, on the shapes of
+// the MoE layers of the Llama 3.1 8B: E experts with n tokens each (ff = 14336 / E for
+// identity, 14336 for upcycle) against one dense FFN of E * ff neurons over n tokens, or of ff
+// neurons over E * n tokens (bf16 weights, fp32 accumulation). Every variant of the expert
+// GEMM runs through the backend op itself (backend_options.expert_gemm):
+//   grouped  one cublasGemmGroupedBatchedEx per projection for all experts (the default)
+//   loop     one cuBLASLt GEMM per expert and projection
+//   gemv     the small-batch kernel for every count (the decode path)
+// Columns as nccl-tests: the regime, the variant, time, TFLOP/s, TFLOP/s relative to the dense
+// FFN, and the normalised difference from the loop variant (a correctness check).
+//   bench_grouped_gemm [--json FILE] [--quick]       (needs one CUDA GPU: H100 or H200)
 #include "kernels/cuda/cuda_common.cuh"
 
-#include <cublas_v2.h>
 #include <stdio.h>
 #include <stdlib.h>
-
-#define N_STREAMS 4
 
 typedef struct {
     const char *name;
     int E, n, d, ff;   // n tokens per expert
+    int dense_tokens_times_E;   // 1: the dense FFN runs E * n tokens of ff neurons (upcycle)
 } regime;
 
 static const regime regimes[] = {
-    // decode: identity:8 on the 8B (every expert one token, ff = 14336 / 8), upcycle:8:2
-    {"decode identity:8 (8 x n=1, 1792x4096)", 8, 1, 4096, 1792},
-    {"decode upcycle:8:2 (2 x n=1, 14336x4096)", 2, 1, 4096, 14336},
-    {"decode batch 8, identity:8 (8 x n=8)", 8, 8, 4096, 1792},
-    {"small batch 32 identity:8 (8 x n=32)", 8, 32, 4096, 1792},
-    // prefill 2048 tokens: identity:8 (every expert every token), upcycle:8:2 (2048*2/8 each)
-    {"prefill identity:8 (8 x n=2048, 1792x4096)", 8, 2048, 4096, 1792},
-    {"prefill upcycle:8:2 (8 x n=512, 14336x4096)", 8, 512, 4096, 14336},
+    {"decode identity:8 (8 x n=1, ff 1792)", 8, 1, 4096, 1792, 0},
+    {"decode batch 8 identity:8 (8 x n=8)", 8, 8, 4096, 1792, 0},
+    {"batch 32 identity:8 (8 x n=32)", 8, 32, 4096, 1792, 0},
+    {"prefill 512 identity:8 (8 x n=512)", 8, 512, 4096, 1792, 0},
+    {"prefill 2048 identity:8 (8 x n=2048)", 8, 2048, 4096, 1792, 0},
+    {"prefill 2048 upcycle:8:2 (8 x n=512, ff 14336)", 8, 512, 4096, 14336, 1},
 };
 
-__global__ void fill_bf16(__nv_bfloat16 *p, size_t n, uint32_t seed, float scale) {
+__global__ void fill_kernel(void *p, int bf16, size_t n, uint32_t seed, float scale) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         uint32_t h = (uint32_t)i * 2654435761u ^ seed;
         h ^= h >> 15; h *= 2246822519u; h ^= h >> 13; h *= 3266489917u; h ^= h >> 16;
-        p[i] = __float2bfloat16((h * (1.0f / 4294967296.0f) - 0.5f) * scale);
+        float v = (h * (1.0f / 4294967296.0f) - 0.5f) * scale;
+        if (bf16) ((__nv_bfloat16 *)p)[i] = __float2bfloat16(v);
+        else ((float *)p)[i] = v;
     }
 }
 
-static double now_ms_events(cudaEvent_t a, cudaEvent_t b) {
-    float ms = 0;
-    cudaCheck(cudaEventElapsedTime(&ms, a, b));
-    return ms;
-}
-
-// A plain cuBLASLt plan for out[n, ff] = x[n, d] . W^T (the layout of lt_gemm).
-typedef struct { cublasLtMatmulDesc_t op; cublasLtMatrixLayout_t lw, lx, lo; cublasLtMatmulAlgo_t algo; } plan;
-static plan make_plan(int n, int d, int ff, size_t ws) {
-    plan p;
-    cublasCheck(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    cublasOperation_t t = CUBLAS_OP_T, nn = CUBLAS_OP_N;
-    cublasCheck(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof t));
-    cublasCheck(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSB, &nn, sizeof nn));
-    cublasCheck(cublasLtMatrixLayoutCreate(&p.lw, CUDA_R_16BF, d, ff, d));
-    cublasCheck(cublasLtMatrixLayoutCreate(&p.lx, CUDA_R_16BF, d, n, d));
-    cublasCheck(cublasLtMatrixLayoutCreate(&p.lo, CUDA_R_32F, ff, n, ff));
-    cublasLtMatmulPreference_t pref;
-    cublasCheck(cublasLtMatmulPreferenceCreate(&pref));
-    cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
-    cublasLtMatmulHeuristicResult_t r;
-    int found = 0;
-    cublasCheck(cublasLtMatmulAlgoGetHeuristic(cuda_lt(), p.op, p.lw, p.lx, p.lo, p.lo, pref, 1, &r, &found));
-    if (!found) die("no cuBLASLt algorithm for n=%d d=%d ff=%d", n, d, ff);
-    p.algo = r.algo;
-    cublasLtMatmulPreferenceDestroy(pref);
+static void *filled(backend *be, size_t n, int bf16, uint32_t seed, float scale) {
+    void *p = be->alloc(be, n * (bf16 ? 2 : 4));
+    fill_kernel<<<1024, 256, 0, (cudaStream_t)backend_cuda_stream(be)>>>(p, bf16, n, seed, scale);
+    cudaCheckLaunch();
     return p;
-}
-static void free_plan(plan *p) {
-    cublasLtMatmulDescDestroy(p->op);
-    cublasLtMatrixLayoutDestroy(p->lw);
-    cublasLtMatrixLayoutDestroy(p->lx);
-    cublasLtMatrixLayoutDestroy(p->lo);
 }
 
 static double max_norm_diff(const float *a, const float *ref, size_t n) {
@@ -90,7 +56,34 @@ static double max_norm_diff(const float *a, const float *ref, size_t n) {
     return e / (m > 0 ? m : 1);
 }
 
-typedef struct { const char *variant; double ms, diff; const char *note; } result;
+// Seconds per call of fn, best of a few timed repeats after a warm-up.
+typedef void (*bench_fn)(backend *be, void *ctx);
+static double time_best(backend *be, bench_fn fn, void *ctx, int reps) {
+    fn(be, ctx);
+    double best = 1e30;
+    for (int r = 0; r < reps; r++) {
+        backend_mark a = be->mark(be);
+        fn(be, ctx);
+        double s = be->seconds(be, a, be->mark(be));
+        best = s < best ? s : best;
+    }
+    return best;
+}
+
+typedef struct { float *out; const float *x; int64_t *offsets, *offsets_host; expert_set set; } ffn_args;
+static void run_experts(backend *be, void *p) {
+    ffn_args *a = (ffn_args *)p;
+    be->expert_ffn(be, a->out, a->x, a->offsets, a->offsets_host, a->offsets_host[a->set.n_experts], &a->set);
+}
+
+typedef struct { float *out, *g, *u; const float *x; weight_t w1, w3, w2; int n; } dense_args;
+static void run_dense(backend *be, void *p) {
+    dense_args *a = (dense_args *)p;
+    be->matmul(be, a->g, a->x, &a->w1, a->n);
+    be->matmul(be, a->u, a->x, &a->w3, a->n);
+    be->swiglu(be, a->g, a->g, a->u, (int64_t)a->n * a->w1.rows);
+    be->matmul(be, a->out, a->g, &a->w2, a->n);
+}
 
 int main(int argc, char **argv) {
     const char *json_path = NULL;
@@ -104,219 +97,88 @@ int main(int argc, char **argv) {
         printf("bench_grouped_gemm: no CUDA device: skipped\n");
         return 77;
     }
-    backend_cuda();
-    cudaStream_t s0 = cuda_stream();
+    const char *variants[] = {"grouped", "loop", "gemv"};
+    backend *be[3];
+    llamoe_err err;
+    for (int v = 0; v < 3; v++) {
+        backend_options o = {0, 0, variants[v]};
+        if (!(be[v] = backend_cuda_new(&o, &err))) die("%s", err.msg);
+    }
     FILE *js = json_path ? fopen(json_path, "w") : NULL;
     if (json_path && !js) die("%s: cannot create", json_path);
-    const char *dev = cuda_device_description();
-    if (js) fprintf(js, "{\"device\": \"%s\", \"cublas_version\": %d, \"lt_grouped_in_headers\": %s, \"regimes\": [",
-                    dev, CUBLAS_VERSION,
-#if CUBLAS_VERSION >= 130300
-                    "true"
-#else
-                    "false"
-#endif
-    );
-    printf("device: %s, cuBLAS %d\n", dev, CUBLAS_VERSION);
-    printf("%-46s %-15s %9s %8s %8s %8s %9s\n", "regime", "variant", "ms", "TFLOP/s", "W GB/s", "x dense", "diff");
-
-    cublasHandle_t blas;
-    cublasCheck(cublasCreate(&blas));
-    cublasCheck(cublasSetStream(blas, s0));
-    cudaStream_t st[N_STREAMS];
-    void *ws[N_STREAMS];
-    size_t ws_bytes = (size_t)32 << 20;
-    for (int i = 0; i < N_STREAMS; i++) {
-        cudaCheck(cudaStreamCreateWithFlags(&st[i], cudaStreamNonBlocking));
-        cudaCheck(cudaMalloc(&ws[i], ws_bytes));
-    }
-    cudaEvent_t ev0, ev1, fork, join[N_STREAMS];
-    cudaCheck(cudaEventCreate(&ev0));
-    cudaCheck(cudaEventCreate(&ev1));
-    cudaCheck(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
-    for (int i = 0; i < N_STREAMS; i++) cudaCheck(cudaEventCreateWithFlags(&join[i], cudaEventDisableTiming));
-
+    printf("device: %s\n", backend_cuda_description(be[0]));
+    printf("# %-48s %-8s %10s %8s %9s %10s\n", "regime", "variant", "ms", "TFLOP/s", "vs dense", "diff");
+    if (js) fprintf(js, "{\"device\": \"%s\", \"regimes\": [", backend_cuda_description(be[0]));
     int n_regimes = (int)(sizeof regimes / sizeof regimes[0]);
     for (int ri = 0; ri < n_regimes; ri++) {
-        regime R = regimes[ri];
-        if (quick && R.n > 64) continue;
-        int E = R.E, n = R.n, d = R.d, ff = R.ff, iters = R.n >= 512 ? 10 : 50;
-        size_t wcount = (size_t)ff * d, xcount = (size_t)n * d, ocount = (size_t)n * ff;
-        __nv_bfloat16 *W, *X, *Xd;
-        float *O, *Oref, *Od;
-        cudaCheck(cudaMalloc(&W, wcount * E * 2));
-        cudaCheck(cudaMalloc(&X, xcount * E * 2));
-        cudaCheck(cudaMalloc(&Xd, xcount * E * 2));
-        cudaCheck(cudaMalloc(&O, ocount * E * 4));
-        cudaCheck(cudaMalloc(&Oref, ocount * E * 4));
-        cudaCheck(cudaMalloc(&Od, ocount * E * 4));
-        float *Xf;   // fp32 copy of X for the GEMV path (it reads fp32 activations)
-        cudaCheck(cudaMalloc(&Xf, xcount * E * 4));
-        fill_bf16<<<1024, 256, 0, s0>>>(W, wcount * E, 1234u + ri, 0.05f);
-        fill_bf16<<<1024, 256, 0, s0>>>(X, xcount * E, 99u + ri, 2.0f);
-        cudaCheckLaunch();
-        {   // Xf = X widened
-            __nv_bfloat16 *h = (__nv_bfloat16 *)xmalloc(xcount * E * 2);
-            float *f = (float *)xmalloc(xcount * E * 4);
-            cudaCheck(cudaMemcpyAsync(h, X, xcount * E * 2, cudaMemcpyDeviceToHost, s0));
-            cudaCheck(cudaStreamSynchronize(s0));
-            for (size_t i = 0; i < xcount * E; i++) f[i] = __bfloat162float(h[i]);
-            cudaCheck(cudaMemcpy(Xf, f, xcount * E * 4, cudaMemcpyHostToDevice));
-            free(h);
-            free(f);
-        }
-        weight_t *wt = (weight_t *)xcalloc(E, sizeof(weight_t));
-        for (int e = 0; e < E; e++) wt[e] = (weight_t){W + (size_t)e * wcount, DT_BF16, ff, d, d};
-        double flops = 2.0 * E * n * (double)d * ff, wbytes = 2.0 * E * (double)wcount;
-        result res[8];
-        int nres = 0;
-
-#define TIME(label, note_, body)                                                           \
-    do {                                                                                   \
-        for (int w = 0; w < 2; w++) { body; }                                              \
-        cudaCheck(cudaEventRecord(ev0, s0));                                               \
-        for (int it = 0; it < iters; it++) { body; }                                       \
-        cudaCheck(cudaEventRecord(ev1, s0));                                               \
-        cudaCheck(cudaEventSynchronize(ev1));                                              \
-        res[nres++] = (result){label, now_ms_events(ev0, ev1) / iters, -1, note_};         \
-    } while (0)
-
-        // dense: the same FLOPs as one GEMM of E*n tokens through one expert's weights
-        weight_t dense = wt[0];
-        TIME("dense-lt", "", lt_gemm(Od, ff, X, d, &dense, (int64_t)E * n));
-        // lt-loop (the reference for the diff column)
-        TIME("lt-loop", "", for (int e = 0; e < E; e++) lt_gemm(Oref + e * ocount, ff, X + e * xcount, d, &wt[e], n));
-        float *ref = (float *)xmalloc(ocount * E * 4), *got = (float *)xmalloc(ocount * E * 4);
-        cudaCheck(cudaMemcpyAsync(ref, Oref, ocount * E * 4, cudaMemcpyDeviceToHost, s0));
-        cudaCheck(cudaStreamSynchronize(s0));
-        res[nres - 1].diff = 0;
-#define DIFF()                                                                                      \
-    do {                                                                                            \
-        cudaCheck(cudaMemcpyAsync(got, O, ocount * E * 4, cudaMemcpyDeviceToHost, s0));            \
-        cudaCheck(cudaStreamSynchronize(s0));                                                       \
-        res[nres - 1].diff = max_norm_diff(got, ref, ocount * E);                                   \
-        cudaCheck(cudaMemsetAsync(O, 0, ocount * E * 4, s0));                                       \
-    } while (0)
-
-        // lt-streams
-        plan p = make_plan(n, d, ff, ws_bytes);
-        const float one = 1.0f, zero = 0.0f;
-        TIME("lt-streams", "", {
-            cudaCheck(cudaEventRecord(fork, s0));
-            for (int i = 0; i < N_STREAMS; i++) cudaCheck(cudaStreamWaitEvent(st[i], fork, 0));
+        const regime *R = &regimes[ri];
+        if (quick && R->n > 512) continue;
+        int E = R->E, d = R->d, ff = R->ff;
+        int64_t rows = (int64_t)E * R->n;
+        double flops = 2.0 * 3.0 * (double)rows * ff * d;
+        int reps = R->n >= 512 ? 5 : 20;
+        float *outs[3] = {0};
+        double ms[3] = {0};
+        for (int v = 0; v < 3; v++) {
+            backend *b = be[v];
+            if (v == 2 && R->n > 64) continue;   // the small-batch kernel is for decode
+            // One [2 ff, d] block per expert holds gate then up, as the runtime places them.
+            weight_t w1[64], w3[64], w2[64];
             for (int e = 0; e < E; e++) {
-                int si = e % N_STREAMS;
-                cublasCheck(cublasLtMatmul(cuda_lt(), p.op, &one, W + e * wcount, p.lw, X + e * xcount, p.lx, &zero,
-                                           O + e * ocount, p.lo, O + e * ocount, p.lo, &p.algo, ws[si], ws_bytes, st[si]));
+                char *g13 = (char *)filled(b, (size_t)2 * ff * d, 1, 11 + e, 0.05f);
+                w1[e] = (weight_t){g13, DT_BF16, ff, d, d};
+                w3[e] = (weight_t){g13 + (size_t)ff * d * 2, DT_BF16, ff, d, d};
+                w2[e] = (weight_t){filled(b, (size_t)d * ff, 1, 101 + e, 0.05f), DT_BF16, d, ff, ff};
             }
-            for (int i = 0; i < N_STREAMS; i++) {
-                cudaCheck(cudaEventRecord(join[i], st[i]));
-                cudaCheck(cudaStreamWaitEvent(s0, join[i], 0));
-            }
-        });
-        DIFF();
-        free_plan(&p);
-
-        // cublas-grouped: one group per expert (group_size 1), bf16 in, fp32 out if supported
-        {
-            int *m_a = (int *)xmalloc(E * sizeof(int)), *n_a = (int *)xmalloc(E * sizeof(int)), *k_a = (int *)xmalloc(E * sizeof(int));
-            int *lda = (int *)xmalloc(E * sizeof(int)), *ldb = (int *)xmalloc(E * sizeof(int)), *ldc = (int *)xmalloc(E * sizeof(int));
-            int *gs = (int *)xmalloc(E * sizeof(int));
-            float *alpha = (float *)xmalloc(E * sizeof(float)), *beta = (float *)xmalloc(E * sizeof(float));
-            cublasOperation_t *ta = (cublasOperation_t *)xmalloc(E * sizeof(cublasOperation_t));
-            cublasOperation_t *tb = (cublasOperation_t *)xmalloc(E * sizeof(cublasOperation_t));
-            const void **hA = (const void **)xmalloc(E * sizeof(void *)), **hB = (const void **)xmalloc(E * sizeof(void *));
-            void **hC = (void **)xmalloc(E * sizeof(void *));
-            for (int e = 0; e < E; e++) {
-                m_a[e] = ff; n_a[e] = n; k_a[e] = d; lda[e] = d; ldb[e] = d; ldc[e] = ff; gs[e] = 1;
-                alpha[e] = 1; beta[e] = 0; ta[e] = CUBLAS_OP_T; tb[e] = CUBLAS_OP_N;
-                hA[e] = W + e * wcount; hB[e] = X + e * xcount; hC[e] = O + e * ocount;
-            }
-            void **dA, **dB, **dC;
-            cudaCheck(cudaMalloc(&dA, E * sizeof(void *)));
-            cudaCheck(cudaMalloc(&dB, E * sizeof(void *)));
-            cudaCheck(cudaMalloc(&dC, E * sizeof(void *)));
-            cudaCheck(cudaMemcpy(dA, hA, E * sizeof(void *), cudaMemcpyHostToDevice));
-            cudaCheck(cudaMemcpy(dB, hB, E * sizeof(void *), cudaMemcpyHostToDevice));
-            cudaCheck(cudaMemcpy(dC, hC, E * sizeof(void *), cudaMemcpyHostToDevice));
-            cublasStatus_t stt = cublasGemmGroupedBatchedEx(blas, ta, tb, m_a, n_a, k_a, alpha, (const void *const *)dA, CUDA_R_16BF, lda,
-                                                            (const void *const *)dB, CUDA_R_16BF, ldb, beta, (void *const *)dC,
-                                                            CUDA_R_32F, ldc, E, gs, CUBLAS_COMPUTE_32F);
-            cudaCheck(cudaStreamSynchronize(s0));
-            if (stt == CUBLAS_STATUS_SUCCESS) {
-                TIME("cublas-grouped", "bf16 in, fp32 out",
-                     cublasCheck(cublasGemmGroupedBatchedEx(blas, ta, tb, m_a, n_a, k_a, alpha, (const void *const *)dA, CUDA_R_16BF, lda,
-                                                            (const void *const *)dB, CUDA_R_16BF, ldb, beta, (void *const *)dC,
-                                                            CUDA_R_32F, ldc, E, gs, CUBLAS_COMPUTE_32F)));
-                DIFF();
-            } else {
-                // bf16 output (the combination cuBLAS documents for this call); diff not comparable
-                stt = cublasGemmGroupedBatchedEx(blas, ta, tb, m_a, n_a, k_a, alpha, (const void *const *)dA, CUDA_R_16BF, lda,
-                                                 (const void *const *)dB, CUDA_R_16BF, ldb, beta, (void *const *)dC,
-                                                 CUDA_R_16BF, ldc, E, gs, CUBLAS_COMPUTE_32F);
-                cudaCheck(cudaStreamSynchronize(s0));
-                if (stt == CUBLAS_STATUS_SUCCESS)
-                    TIME("cublas-grouped", "bf16 out (fp32 out not supported)",
-                         cublasCheck(cublasGemmGroupedBatchedEx(blas, ta, tb, m_a, n_a, k_a, alpha, (const void *const *)dA, CUDA_R_16BF,
-                                                                lda, (const void *const *)dB, CUDA_R_16BF, ldb, beta, (void *const *)dC,
-                                                                CUDA_R_16BF, ldc, E, gs, CUBLAS_COMPUTE_32F)));
-                else
-                    res[nres++] = (result){"cublas-grouped", -1, -1, "not supported for these types"};
-                cudaCheck(cudaMemsetAsync(O, 0, ocount * E * 4, s0));
-            }
-            cudaFree(dA); cudaFree(dB); cudaFree(dC);
-            free(m_a); free(n_a); free(k_a); free(lda); free(ldb); free(ldc); free(gs); free(alpha); free(beta);
-            free(ta); free(tb); free(hA); free(hB); free(hC);
+            int64_t offs[65];
+            for (int e = 0; e <= E; e++) offs[e] = (int64_t)e * R->n;
+            ffn_args a = {(float *)b->alloc(b, (size_t)rows * d * 4), (const float *)filled(b, (size_t)rows * d, 0, 7, 2.0f),
+                          (int64_t *)b->alloc(b, sizeof offs), offs, {E, w1, w3, w2}};
+            b->upload(b, a.offsets, offs, (size_t)(E + 1) * sizeof(int64_t));
+            ms[v] = time_best(b, run_experts, &a, reps) * 1e3;
+            outs[v] = (float *)xmalloc((size_t)rows * d * 4);
+            b->download(b, outs[v], a.out, (size_t)rows * d * 4);
+            for (int e = 0; e < E; e++) { b->free(b, (void *)w1[e].data); b->free(b, (void *)w2[e].data); }
+            b->free(b, a.out); b->free(b, (void *)a.x); b->free(b, a.offsets);
         }
+        // The dense FFN of the same FLOPs, through the same backend's matmul.
+        backend *b = be[0];
+        int dn = R->dense_tokens_times_E ? (int)rows : R->n, dff = R->dense_tokens_times_E ? ff : E * ff;
+        dense_args da;
+        da.n = dn;
+        da.w1 = (weight_t){filled(b, (size_t)dff * d, 1, 3, 0.05f), DT_BF16, dff, d, d};
+        da.w3 = (weight_t){filled(b, (size_t)dff * d, 1, 4, 0.05f), DT_BF16, dff, d, d};
+        da.w2 = (weight_t){filled(b, (size_t)d * dff, 1, 5, 0.05f), DT_BF16, d, dff, dff};
+        da.x = (const float *)filled(b, (size_t)dn * d, 0, 6, 2.0f);
+        da.g = (float *)b->alloc(b, (size_t)dn * dff * 4);
+        da.u = (float *)b->alloc(b, (size_t)dn * dff * 4);
+        da.out = (float *)b->alloc(b, (size_t)dn * d * 4);
+        double dense_ms = time_best(b, run_dense, &da, reps) * 1e3;
+        b->free(b, (void *)da.w1.data); b->free(b, (void *)da.w3.data); b->free(b, (void *)da.w2.data);
+        b->free(b, (void *)da.x); b->free(b, da.g); b->free(b, da.u); b->free(b, da.out);
 
-        res[nres++] = (result){"lt-grouped", -1, -1,
-#if CUBLAS_VERSION >= 130300
-                               "in these headers, but no variant of this benchmark uses it (not measured)"
-#else
-                               "CUBLASLT_BATCH_MODE_GROUPED not in this cuBLAS's headers"
-#endif
-        };
-
-        // gemv: the backend's small-batch kernel (fp32 activations), one launch for all experts
-        if (n <= GEMV_MAX_TOKENS) {
-            gemv_job *jobs = (gemv_job *)xcalloc(E, sizeof(gemv_job));
-            TIME("gemv", "fp32 activations", {
-                for (int e = 0; e < E; e++) {
-                    memset(&jobs[e], 0, sizeof jobs[e]);
-                    jobs[e].w = W + e * wcount; jobs[e].ld = d; jobs[e].rows = ff; jobs[e].cols = d;
-                    jobs[e].x = Xf + e * xcount; jobs[e].ldx = d; jobs[e].out = O + e * ocount; jobs[e].ldo = ff; jobs[e].n = n;
-                }
-                gemv_run(jobs, E, DT_BF16, 0);
-            });
-            DIFF();
-            free(jobs);
-        }
-
-        double dense_ms = res[0].ms;
-        if (js) fprintf(js, "%s\n  {\"regime\": \"%s\", \"experts\": %d, \"tokens_per_expert\": %d, \"d\": %d, \"ff\": %d, "
-                            "\"flops\": %.6g, \"weight_bytes\": %.6g, \"variants\": [", ri ? "," : "", R.name, E, n, d, ff, flops, wbytes);
-        for (int i = 0; i < nres; i++) {
-            result *r = &res[i];
-            if (r->ms > 0)
-                printf("%-46.46s %-15s %9.4f %8.2f %8.1f %8.2f %9.2g %s\n", R.name, r->variant, r->ms, flops / r->ms / 1e9,
-                       wbytes / r->ms / 1e6, r->ms / dense_ms, r->diff, r->note);
-            else
-                printf("%-46.46s %-15s %9s %8s %8s %8s %9s %s\n", R.name, r->variant, "-", "-", "-", "-", "-", r->note);
-            if (js)
-                fprintf(js, "%s\n    {\"variant\": \"%s\", \"ms\": %.6g, \"tflops\": %.6g, \"weight_gbs\": %.6g, \"vs_dense\": %.4g, "
-                            "\"diff_vs_lt_loop\": %.3g, \"note\": \"%s\"}",
-                        i ? "," : "", r->variant, r->ms, r->ms > 0 ? flops / r->ms / 1e9 : 0, r->ms > 0 ? wbytes / r->ms / 1e6 : 0,
-                        r->ms > 0 ? r->ms / dense_ms : 0, r->diff, r->note);
+        double dense_tf = flops / (dense_ms * 1e-3) / 1e12;
+        printf("  %-48s %-8s %10.4f %8.1f %9s %10s\n", R->name, "dense", dense_ms, dense_tf, "1.00", "-");
+        if (js) fprintf(js, "%s\n  {\"regime\": \"%s\", \"dense_ms\": %.5f, \"dense_tflops\": %.2f, \"variants\": [",
+                        ri ? "," : "", R->name, dense_ms, dense_tf);
+        int first = 1;
+        for (int v = 0; v < 3; v++) {
+            if (!outs[v]) continue;
+            double tf = flops / (ms[v] * 1e-3) / 1e12;
+            double diff = outs[1] ? max_norm_diff(outs[v], outs[1], (size_t)rows * d) : 0;
+            printf("  %-48s %-8s %10.4f %8.1f %9.2f %10.2e\n", R->name, variants[v], ms[v], tf, tf / dense_tf, diff);
+            if (js) fprintf(js, "%s{\"variant\": \"%s\", \"ms\": %.5f, \"tflops\": %.2f, \"vs_dense\": %.3f, \"diff_vs_loop\": %.3g}",
+                            first ? "" : ", ", variants[v], ms[v], tf, tf / dense_tf, diff);
+            first = 0;
+            free(outs[v]);
         }
         if (js) fprintf(js, "]}");
-        fflush(stdout);
-        free(ref); free(got); free(wt);
-        cudaFree(W); cudaFree(X); cudaFree(Xd); cudaFree(O); cudaFree(Oref); cudaFree(Od); cudaFree(Xf);
     }
+    printf("expert GEMM of the default backend: %s\n", backend_cuda_description(be[0]));
     if (js) {
-        fprintf(js, "\n]}\n");
+        fprintf(js, "\n], \"default\": \"%s\"}\n", backend_cuda_description(be[0]));
         fclose(js);
     }
-    cublasDestroy(blas);
+    for (int v = 0; v < 3; v++) backend_free(be[v]);
     return 0;
 }

@@ -83,8 +83,8 @@ static double time_it(bench_fn fn, void *arg, double min_s, int *iters, double *
 }
 
 // ---------------------------------------------------------------------------- matmul
-typedef struct { float *out; const float *x; const weight_t *w; int n; } mm_args;
-static void run_matmul(void *p) { mm_args *a = p; backend_cpu()->matmul(a->out, a->x, a->w, a->n); }
+typedef struct { backend *be; float *out; const float *x; const weight_t *w; int n; } mm_args;
+static void run_matmul(void *p) { mm_args *a = p; a->be->matmul(a->be, a->out, a->x, a->w, a->n); }
 
 static void bench_matmul(int64_t rows, int64_t cols, dtype_t dt, const int *ns, int n_ns, const int *threads, int n_threads) {
     weight_t w = make_weight(rows, cols, dt);
@@ -93,8 +93,8 @@ static void bench_matmul(int64_t rows, int64_t cols, dtype_t dt, const int *ns, 
     float *x = make_floats((size_t)max_n * cols), *out = xmalloc(sizeof(float) * max_n * rows), *first = xmalloc(sizeof(float) * max_n * rows);
     for (int i = 0; i < n_ns; i++)
         for (int j = 0; j < n_threads; j++) {
-            backend_cpu_set_threads(threads[j]);
-            mm_args a = {out, x, &w, ns[i]};
+            backend *be = backend_cpu_new(&(backend_options){.threads = threads[j]});
+            mm_args a = {be, out, x, &w, ns[i]};
             result r = {.rows = rows, .cols = cols, .n = ns[i], .threads = threads[j]};
             snprintf(r.op, sizeof r.op, "matmul");
             snprintf(r.dtype, sizeof r.dtype, "%s", dtype_name(dt));
@@ -109,16 +109,17 @@ static void bench_matmul(int64_t rows, int64_t cols, dtype_t dt, const int *ns, 
             r.wrong = count_wrong(first, out, count);
             print_result(&r);
             results[n_results++] = r;
+            backend_free(be);
         }
     free(x); free(out); free(first); free((void *)w.data);
 }
 
 // ---------------------------------------------------------------------------- attention
 // Decode: one token of each of `n` sequences at position ctx - 1, Llama 3.1 8B heads.
-typedef struct { float *out; const float *q, *k, *v; const int32_t *slot, *pos; int n; int64_t stride; } att_args;
+typedef struct { backend *be; float *out; const float *q, *k, *v; const int32_t *slot, *pos; int n; int64_t stride; } att_args;
 static void run_attention(void *p) {
     att_args *a = p;
-    backend_cpu()->attention(a->out, a->q, a->k, a->v, a->slot, a->pos, a->n, 32, 8, 128, a->stride);
+    a->be->attention(a->be, a->out, a->q, a->k, a->v, a->slot, a->pos, a->n, 32, 8, 128, a->stride);
 }
 
 static void bench_attention(int ctx, int n, const int *threads, int n_threads) {
@@ -128,8 +129,8 @@ static void bench_attention(int ctx, int n, const int *threads, int n_threads) {
     int32_t slot[64], pos[64];
     for (int i = 0; i < n; i++) { slot[i] = i; pos[i] = ctx - 1; }
     for (int j = 0; j < n_threads; j++) {
-        backend_cpu_set_threads(threads[j]);
-        att_args a = {out, q, k, v, slot, pos, n, stride};
+        backend *be = backend_cpu_new(&(backend_options){.threads = threads[j]});
+        att_args a = {be, out, q, k, v, slot, pos, n, stride};
         result r = {.rows = 32, .cols = 128, .n = n, .ctx = ctx, .threads = threads[j]};
         snprintf(r.op, sizeof r.op, "attention");
         snprintf(r.dtype, sizeof r.dtype, "F32");
@@ -142,13 +143,14 @@ static void bench_attention(int ctx, int n, const int *threads, int n_threads) {
         r.wrong = count_wrong(first, out, (size_t)n * 4096);
         print_result(&r);
         results[n_results++] = r;
+        backend_free(be);
     }
     free(k); free(v); free(q); free(out); free(first);
 }
 
 // ---------------------------------------------------------------------------- main
 static void write_json(const char *path) {
-    out_file of;   // written whole or not at all (runtime/common.h)
+    out_file of;   // written whole or not at all (base/common.h)
     llamoe_err err;
     if (out_file_open(&of, path, &err) != 0) die("%s", err.msg);
     FILE *f = of.f;

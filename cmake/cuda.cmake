@@ -115,16 +115,13 @@ foreach(t llamoe_base llamoe_kernels llamoe_parallel llamoe_runtime)
 endforeach()
 
 # ---------------------------------------------------------------------------- CUDA tests
-# tests/cuda/test_*.c: built only here (the CPU build never sees them). They exit 77 when no
-# GPU is present, which ctest reports as skipped, not passed.
-llamoe_executables(tests/cuda/test_*.c LLAMOE_CUDA_TESTS)
-foreach(stem ${LLAMOE_CUDA_TESTS})
-  add_test(NAME ${stem} COMMAND ${stem} ${CMAKE_SOURCE_DIR})
-  set_tests_properties(${stem} PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE 77)
+# The CPU test programs with --backend cuda: every op against the CPU backend, the bundled
+# model's expected tokens, and the MoE layer's copies. They exit 77 when no GPU is present,
+# which ctest reports as skipped, not passed.
+foreach(t test_ops test_expected test_moe_copies)
+  add_test(NAME ${t}_cuda COMMAND ${t} ${CMAKE_SOURCE_DIR} --backend cuda)
+  set_tests_properties(${t}_cuda PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE 77)
 endforeach()
-# The bundled model's expected tokens on the GPU: the CPU test program with --backend cuda.
-add_test(NAME test_expected_cuda COMMAND test_expected ${CMAKE_SOURCE_DIR} --backend cuda)
-set_tests_properties(test_expected_cuda PROPERTIES TIMEOUT 600 SKIP_RETURN_CODE 77)
 # tests/cuda/check_*.c: helper programs that the GPU check script drives under mpirun.
 llamoe_executables(tests/cuda/check_*.c LLAMOE_CUDA_CHECKS)
 # bench/bench_*.cu: CUDA benchmarks (bench/bench_*.c are built by CMakeLists.txt).

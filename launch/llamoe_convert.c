@@ -147,7 +147,8 @@ int main(int argc, char **argv) {
     if (stat(out, &sb) == 0 && !force) die("%s: already exists (use --force to replace it)", out);
 
     model m;
-    if (model_load(&m, in, &mode, backend_cpu(), 0, 1, &err) != 0) die("%s", err.msg);
+    backend *cpu = backend_cpu_new(NULL);
+    if (model_load(&m, in, &mode, cpu, 0, 1, &err) != 0) die("%s", err.msg);
     const llama_config *c = &m.cfg;
     int E = mode.n_experts, k = mode.top_k, d = c->hidden_size, I = c->intermediate_size;
     int identity = mode.kind == MOE_IDENTITY;
@@ -271,5 +272,6 @@ int main(int argc, char **argv) {
     free(shard_names);
     free(ts);
     model_free(&m);
+    backend_free(cpu);
     return 0;
 }

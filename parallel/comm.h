@@ -1,5 +1,5 @@
 // The communicator: one interface for moving bytes between ranks, filled by comm_mpi.c (now),
-// comm_self.c (one process, for tests and tools) and later comm_nccl.c. Like nccl-tests, a
+// comm_self.c (one process, for tests and tools) and comm_nccl.c. Like nccl-tests, a
 // struct of function pointers: callers write c->alltoallv(c, ...) and never see MPI or NCCL.
 //
 // Buffers are void* with byte counts so the same calls carry float rows, int metadata and,
@@ -13,14 +13,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
-// Where the data buffers given to alltoallv and bcast live. The MPI transport takes host
-// memory now; with CUDA it will stage device buffers through pinned host memory (several
-// ranks sharing one GPU need that: NCCL up to 2.29 refuses it), and NCCL takes device memory.
+// Where the data buffers given to alltoallv and bcast live: host memory for MPI, device
+// memory for NCCL and for MPI behind comm_device_new (parallel/comm_cuda.h).
 typedef enum { COMM_MEM_HOST = 0, COMM_MEM_DEVICE = 1 } comm_mem;
 
 typedef struct comm comm;
 struct comm {
-    const char *name;             // "mpi", "self", later "nccl"
+    const char *name;             // "mpi", "self", "nccl", "mpi+staged", "mpi+cuda-aware"
     int rank, size;
     int local_rank, local_size;   // within the node (processes sharing memory)
     comm_mem mem;                 // where data buffers live; set once after creation
@@ -56,6 +55,10 @@ comm *comm_mpi_init(int *argc, char ***argv);
 // default is 1 GiB; tests set a tiny value to exercise the split without gigabytes of memory.
 // Must be the same on every rank. Also read from LLAMOE_MPI_CHUNK_BYTES at init.
 void comm_mpi_set_chunk_bytes(comm *c, size_t bytes);
+
+// 1 when c is the MPI communicator and the MPI library reads and writes device memory itself
+// (Open MPI built with CUDA support, asked at run time); else 0.
+int comm_mpi_cuda_aware(const comm *c);
 
 // One process, size 1: every call is a copy or nothing. For tests and single-process tools.
 comm *comm_self(void);

@@ -15,12 +15,11 @@
 // message saying so (use the MPI transport there) instead of failing inside NCCL.
 comm *comm_nccl_new(comm *boot, void *stream);
 
-// The same transport seen through the other kind of memory, by staging every data buffer:
-//   inner carries host memory (MPI): the result takes device buffers and moves them through
-//     pinned host memory - how several ranks on one GPU exchange GPU data;
-//   inner carries device memory (NCCL): the result takes host buffers and moves them through
-//     device memory - how the host-packed dispatch of parallel/dispatch.c runs over NCCL.
+// Device buffers over a host transport (MPI): the result's alltoallv and bcast take device
+// memory. A rank's own share is a device-to-device copy; the peers' go straight to MPI when it
+// reads device memory itself (a CUDA-aware Open MPI: comm_mpi_cuda_aware), else through
+// pinned host buffers. How several ranks on one GPU exchange device data without NCCL.
 // Copies are ordered on `stream` (a cudaStream_t: the CUDA backend's). Counts, reductions and
 // barriers go straight to inner. Takes ownership of inner.
-comm *comm_staged_new(comm *inner, void *stream);
+comm *comm_device_new(comm *inner, void *stream);
 #endif

@@ -1,4 +1,4 @@
-// The MPI communicator (CPU buffers). Collectives go over a duplicate of MPI_COMM_WORLD whose
+// The MPI communicator (host buffers; device buffers through comm_device_new). Collectives go over a duplicate of MPI_COMM_WORLD whose
 // error handler returns, so that mpiCheck can name the failing call, file and line before
 // die() ends every rank through MPI_Abort.
 #include "parallel/comm.h"
@@ -7,6 +7,9 @@
 #include <limits.h>
 #include <mpi.h>
 #include <string.h>
+#if defined(OPEN_MPI) && OPEN_MPI
+#include <mpi-ext.h>   // MPIX_CUDA_AWARE_SUPPORT, MPIX_Query_cuda_support
+#endif
 
 // ---------------------------------------------------------------------------- errors
 #define mpiCheck(call) mpi_check((call), #call, __FILE__, __LINE__)
@@ -216,4 +219,13 @@ comm *comm_mpi_init(int *argc, char ***argv) {
     c->abort = mpi_abort;
     c->free = mpi_free;
     return c;
+}
+
+int comm_mpi_cuda_aware(const comm *c) {
+    if (strcmp(c->name, "mpi") != 0) return 0;
+#if defined(MPIX_CUDA_AWARE_SUPPORT) && MPIX_CUDA_AWARE_SUPPORT
+    return MPIX_Query_cuda_support() == 1;
+#else
+    return 0;
+#endif
 }

@@ -1,43 +1,32 @@
-// The staging decorator: a transport carrying the other kind of memory (see comm_cuda.h).
-// Copies run on the stream given at creation (the CUDA backend's), so a device buffer written by a kernel is read
-// after the kernel, and every call returns with its outputs in place.
+// Device buffers over a host transport (MPI): see comm_cuda.h. A rank's own share is a copy
+// on the device; the peers' shares go straight to a CUDA-aware MPI, or through pinned host
+// buffers otherwise. Copies run on the stream given at creation (the CUDA backend's), so a
+// buffer a kernel wrote is read after the kernel, and every call returns with its outputs in
+// place.
 #ifdef LLAMOE_CUDA
 #include "parallel/comm_cuda.h"
 #include "base/cuda_check.h"
 
+#include <string.h>
+
 typedef struct {
     comm *inner;
-    int to_device;            // 1: inner takes device buffers (outer ones are host)
-    void *send, *recv;        // staging buffers in inner's memory
+    int direct;               // inner reads and writes device memory itself (CUDA-aware MPI)
+    void *send, *recv;        // pinned host staging buffers
     size_t send_cap, recv_cap;
-    cudaStream_t stream;      // copies are ordered with the kernels on this stream
+    size_t *peer_send, *peer_recv;   // [P] the byte counts without the own share
+    cudaStream_t stream;
     char name[32];
 } staged_impl;
 
 static void stage_reserve(staged_impl *s, void **buf, size_t *cap, size_t bytes) {
     if (bytes <= *cap) return;
-    cudaStream_t st = s->stream;
-    cudaCheck(cudaStreamSynchronize(st));
-    if (*buf) cudaCheck(s->to_device ? cudaFree(*buf) : cudaFreeHost(*buf));
+    cudaCheck(cudaStreamSynchronize(s->stream));
+    if (*buf) cudaCheck(cudaFreeHost(*buf));
     *buf = NULL;
     size_t c = bytes + bytes / 4;
-    if (s->to_device) cudaCheck(cudaMalloc(buf, c));
-    else cudaCheck(cudaHostAlloc(buf, c, cudaHostAllocDefault));
+    cudaCheck(cudaHostAlloc(buf, c, cudaHostAllocDefault));
     *cap = c;
-}
-
-// outer -> stage and stage -> outer: device<->pinned host, or host<->device.
-static void copy_in(staged_impl *s, void *stage, const void *outer, size_t bytes) {
-    if (!bytes) return;
-    cudaStream_t st = s->stream;
-    cudaCheck(cudaMemcpyAsync(stage, outer, bytes, s->to_device ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost, st));
-    cudaCheck(cudaStreamSynchronize(st));   // MPI reads the host stage now; NCCL is ordered anyway
-}
-static void copy_out(staged_impl *s, void *outer, const void *stage, size_t bytes) {
-    if (!bytes) return;
-    cudaStream_t st = s->stream;
-    cudaCheck(cudaMemcpyAsync(outer, stage, bytes, s->to_device ? cudaMemcpyDeviceToHost : cudaMemcpyHostToDevice, st));
-    cudaCheck(cudaStreamSynchronize(st));   // the stage is reused by the next call
 }
 
 static size_t extent(const size_t *bytes, const size_t *displ, int P) {
@@ -47,26 +36,55 @@ static size_t extent(const size_t *bytes, const size_t *displ, int P) {
     return e;
 }
 
+// Copies the peers' parts (not this rank's) between a device buffer and its host stage.
+static void copy_peers(staged_impl *s, char *dst, const char *src, const size_t *bytes, const size_t *displ,
+                       int P, int self, enum cudaMemcpyKind kind) {
+    for (int p = 0; p < P; p++)
+        if (p != self && bytes[p])
+            cudaCheck(cudaMemcpyAsync(dst + displ[p], src + displ[p], bytes[p], kind, s->stream));
+}
+
 static int staged_alltoallv(comm *c, const void *send, const size_t *send_bytes, const size_t *send_displ,
                             void *recv, const size_t *recv_bytes, const size_t *recv_displ) {
     staged_impl *s = c->impl;
-    size_t se = extent(send_bytes, send_displ, c->size), re = extent(recv_bytes, recv_displ, c->size);
-    stage_reserve(s, &s->send, &s->send_cap, se ? se : 1);
-    stage_reserve(s, &s->recv, &s->recv_cap, re ? re : 1);
-    copy_in(s, s->send, send, se);
-    int rc = s->inner->alltoallv(s->inner, s->send, send_bytes, send_displ, s->recv, recv_bytes, recv_displ);
+    int P = c->size, me = c->rank;
+    if (send_bytes[me] != recv_bytes[me])
+        die("comm %s: alltoallv: rank %d sends itself %zu bytes but expects %zu", c->name, me, send_bytes[me], recv_bytes[me]);
+    if (send_bytes[me])
+        cudaCheck(cudaMemcpyAsync((char *)recv + recv_displ[me], (const char *)send + send_displ[me], send_bytes[me],
+                                  cudaMemcpyDeviceToDevice, s->stream));
+    if (P == 1) return 0;
+    memcpy(s->peer_send, send_bytes, (size_t)P * sizeof(size_t));
+    memcpy(s->peer_recv, recv_bytes, (size_t)P * sizeof(size_t));
+    s->peer_send[me] = s->peer_recv[me] = 0;
+    if (s->direct) {
+        cudaCheck(cudaStreamSynchronize(s->stream));   // MPI reads what the kernels wrote
+        return s->inner->alltoallv(s->inner, send, s->peer_send, send_displ, recv, s->peer_recv, recv_displ);
+    }
+    stage_reserve(s, &s->send, &s->send_cap, extent(s->peer_send, send_displ, P) + 1);
+    stage_reserve(s, &s->recv, &s->recv_cap, extent(s->peer_recv, recv_displ, P) + 1);
+    copy_peers(s, s->send, send, s->peer_send, send_displ, P, me, cudaMemcpyDeviceToHost);
+    cudaCheck(cudaStreamSynchronize(s->stream));       // MPI reads the host stage now
+    int rc = s->inner->alltoallv(s->inner, s->send, s->peer_send, send_displ, s->recv, s->peer_recv, recv_displ);
     if (rc) return rc;
-    copy_out(s, recv, s->recv, re);
+    copy_peers(s, recv, s->recv, s->peer_recv, recv_displ, P, me, cudaMemcpyHostToDevice);
+    cudaCheck(cudaStreamSynchronize(s->stream));       // the stage is reused by the next call
     return 0;
 }
 
 static int staged_bcast(comm *c, void *buf, size_t bytes, int root) {
     staged_impl *s = c->impl;
-    stage_reserve(s, &s->send, &s->send_cap, bytes ? bytes : 1);
-    if (c->rank == root) copy_in(s, s->send, buf, bytes);
+    if (s->direct) {
+        cudaCheck(cudaStreamSynchronize(s->stream));
+        return s->inner->bcast(s->inner, buf, bytes, root);
+    }
+    stage_reserve(s, &s->send, &s->send_cap, bytes + 1);
+    if (c->rank == root && bytes) cudaCheck(cudaMemcpyAsync(s->send, buf, bytes, cudaMemcpyDeviceToHost, s->stream));
+    cudaCheck(cudaStreamSynchronize(s->stream));
     int rc = s->inner->bcast(s->inner, s->send, bytes, root);
     if (rc) return rc;
-    copy_out(s, buf, s->send, bytes);
+    if (bytes) cudaCheck(cudaMemcpyAsync(buf, s->send, bytes, cudaMemcpyHostToDevice, s->stream));
+    cudaCheck(cudaStreamSynchronize(s->stream));
     return 0;
 }
 
@@ -86,27 +104,32 @@ static void staged_abort(comm *c, int code) {
 static void staged_free(comm *c) {
     staged_impl *s = c->impl;
     cudaStreamSynchronize(s->stream);
-    if (s->to_device) { cudaFree(s->send); cudaFree(s->recv); }
-    else { cudaFreeHost(s->send); cudaFreeHost(s->recv); }
+    cudaFreeHost(s->send);
+    cudaFreeHost(s->recv);
+    free(s->peer_send);
+    free(s->peer_recv);
     comm *inner = s->inner;
     free(s);
     free(c);
     inner->free(inner);
 }
 
-comm *comm_staged_new(comm *inner, void *stream) {
+comm *comm_device_new(comm *inner, void *stream) {
+    if (inner->mem != COMM_MEM_HOST) die("comm %s: already carries device memory", inner->name);
     comm *c = xcalloc(1, sizeof *c);
     staged_impl *s = xcalloc(1, sizeof *s);
     s->inner = inner;
+    s->direct = comm_mpi_cuda_aware(inner);
     s->stream = (cudaStream_t)stream;
-    s->to_device = inner->mem == COMM_MEM_DEVICE;
-    snprintf(s->name, sizeof s->name, "%s+staged", inner->name);
+    s->peer_send = xcalloc((size_t)inner->size, sizeof(size_t));
+    s->peer_recv = xcalloc((size_t)inner->size, sizeof(size_t));
+    snprintf(s->name, sizeof s->name, "%s+%s", inner->name, s->direct ? "cuda-aware" : "staged");
     c->name = s->name;
     c->rank = inner->rank;
     c->size = inner->size;
     c->local_rank = inner->local_rank;
     c->local_size = inner->local_size;
-    c->mem = s->to_device ? COMM_MEM_HOST : COMM_MEM_DEVICE;
+    c->mem = COMM_MEM_DEVICE;
     c->impl = s;
     c->alltoallv = staged_alltoallv;
     c->exchange_counts = staged_exchange_counts;

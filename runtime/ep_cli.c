@@ -51,7 +51,7 @@ int ep_parse_args(int argc, char **argv, ep_options *o, llamoe_err *err) {
         static const char *const takes_value[] = {"-m", "-p", "--ids", "--prompts", "-n", "--temp", "--top-p",
             "--seed", "--moe", "--drop", "--ctx", "--step-tokens", "--threads", "--dump-logits", "--bind",
             "--backend", "--transport", "--warmup", "--expert-budget", "--expert-prefetch", "--expert-evict",
-            "--expert-madvise", NULL};
+            "--expert-madvise", "--moe-exchange", "--moe-capacity", "--expert-gemm", NULL};
         int known = 0;
         for (int j = 0; takes_value[j]; j++) known |= !strcmp(a, takes_value[j]);
         if (!known) return fail(err, "%s: unknown option (see --help)", a);
@@ -96,6 +96,16 @@ int ep_parse_args(int argc, char **argv, ep_options *o, llamoe_err *err) {
             if (strcmp(v, "on") && strcmp(v, "off")) rc = fail(err, "--expert-madvise %s: expected on or off", v);
             o->expert_madvise = !strcmp(v, "on");
         }
+        else if (!strcmp(a, "--moe-exchange")) {
+            if (strcmp(v, "auto") && strcmp(v, "counts") && strcmp(v, "fixed"))
+                rc = fail(err, "--moe-exchange %s: expected auto, counts or fixed", v);
+            o->moe_exchange = v;
+        } else if (!strcmp(a, "--moe-capacity")) rc = parse_int(a, v, 1, 1 << 16, &o->moe_capacity, err);
+        else if (!strcmp(a, "--expert-gemm")) {
+            if (strcmp(v, "grouped") && strcmp(v, "loop") && strcmp(v, "gemv"))
+                rc = fail(err, "--expert-gemm %s: expected grouped, loop or gemv", v);
+            o->expert_gemm = v;
+        }
         else if (!strcmp(a, "--bind") && bind_mode_parse(v, &o->bind) != 0)
             rc = fail(err, "--bind %s: expected cores or none", v);
         if (rc != 0) return -1;
@@ -103,6 +113,8 @@ int ep_parse_args(int argc, char **argv, ep_options *o, llamoe_err *err) {
     int sources = !!o->prompt_text + !!o->prompt_ids + !!o->prompts_file;
     if (sources > 1) return fail(err, "-p, --ids and --prompts are exclusive");
     if (o->top_p <= 0.0f) return fail(err, "--top-p %g: must be above 0", o->top_p);
+    if (o->expert_budget && o->moe_exchange && !strcmp(o->moe_exchange, "fixed"))
+        return fail(err, "--moe-exchange fixed: memory mode (--expert-budget) needs the counts exchange");
     return 0;
 }
 

@@ -14,6 +14,10 @@
 typedef struct {
     const char *model_dir, *prompt_text, *prompt_ids, *prompts_file, *moe, *dump_logits;
     const char *backend_name, *transport;   // NULL: the default
+    const char *moe_exchange;               // auto | counts | fixed (NULL: auto)
+    int moe_capacity;                       // tokens per rank of the fixed exchange (0: the
+                                            // most sequences any rank decodes)
+    const char *expert_gemm;                // CUDA: grouped | loop | gemv (NULL: grouped)
     const char *expert_budget;              // as given, for messages; NULL: throughput mode
     double expert_budget_mib;
     expert_prefetch prefetch;

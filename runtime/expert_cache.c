@@ -20,7 +20,7 @@ typedef struct {
 
 struct expert_cache {
     const model *m;
-    const backend *be;
+    backend *be;
     expert_cache_options o;
     expert_evict evict;       // effective policy
     int n_layers, n_local;
@@ -80,8 +80,8 @@ expert_cache *expert_cache_new(const model *m, const expert_cache_options *o, ll
     int n_slots = (int)(want < all ? want : all);
     size_t pool_bytes;
     CHECK(mul_ok((size_t)n_slots, slot, &pool_bytes));
-    const backend *be = m->be;
-    void *pool = be->try_alloc ? be->try_alloc(pool_bytes) : be->alloc(pool_bytes);
+    backend *be = m->be;
+    void *pool = be->try_alloc(be, pool_bytes);
     if (!pool) {
         fail(err, "cannot allocate the expert pool on the %s backend: %d slots x %.3f MiB = %.1f MiB (budget %.1f MiB): out of memory",
              be->name, n_slots, slot / 1048576.0, pool_bytes / 1048576.0, o->budget_bytes / 1048576.0);
@@ -126,8 +126,8 @@ expert_cache *expert_cache_new(const model *m, const expert_cache_options *o, ll
 
 void expert_cache_free(expert_cache *ec) {
     if (!ec) return;
-    if (ec->be->sync) ec->be->sync();   // no copy may still write into the pool
-    ec->be->free(ec->pool);
+    ec->be->sync(ec->be);   // no copy may still write into the pool
+    ec->be->free(ec->be, ec->pool);
     free(ec->slots);
     free(ec->part);
     free(ec->where);
@@ -143,8 +143,8 @@ void expert_cache_free(expert_cache *ec) {
 
 // ---------------------------------------------------------------------------- copies
 static uint64_t upload(expert_cache *ec, void *dst, const void *src, size_t bytes) {
-    if (ec->be->upload_async) return ec->be->upload_async(dst, src, bytes);
-    ec->be->upload(dst, src, bytes);
+    if (ec->be->upload_async) return ec->be->upload_async(ec->be, dst, src, bytes);
+    ec->be->upload(ec->be, dst, src, bytes);
     return 0;
 }
 
@@ -220,7 +220,7 @@ static void fill(expert_cache *ec, int l, int i, int s, int is_prefetch) {
     cache_slot *c = &ec->slots[s];
     evict(ec, s);
     // The kernels that read the old contents must be done before the copy overwrites them.
-    if (ec->be->copy_wait && c->compute_ticket) ec->be->copy_wait(c->compute_ticket);
+    if (ec->be->copy_wait && c->compute_ticket) ec->be->copy_wait(ec->be, c->compute_ticket);
     const layer_weights *L = &ec->m->layers[l];
     const weight_t *src[3] = {&L->w1[i], &L->w3[i], &L->w2[i]};
     size_t key = (size_t)l * ec->n_local + i;
@@ -279,13 +279,8 @@ static void prefetch_next(expert_cache *ec, int l) {
 }
 
 // ---------------------------------------------------------------------------- step hooks
-void expert_cache_routed(expert_cache *ec, int l, const int32_t *expert, int n, int k) {
-    int first = ec->m->first_expert;
-    memset(ec->routed, 0, (size_t)ec->n_local);
-    for (int i = 0; i < n * k; i++) {
-        int e = expert[i] - first;
-        if (e >= 0 && e < ec->n_local) ec->routed[e] = 1;
-    }
+void expert_cache_routed(expert_cache *ec, int l, const int32_t *pairs_per_expert) {
+    for (int i = 0; i < ec->n_local; i++) ec->routed[i] = pairs_per_expert[ec->m->first_expert + i] > 0;
     if (ec->o.prefetch == PREFETCH_ROUTER) prefetch(ec, l, ec->routed);
 }
 
@@ -303,7 +298,7 @@ void expert_cache_begin(expert_cache *ec, int l, const int64_t *offsets) {
 
 static void unpin_group(expert_cache *ec) {
     if (ec->group_first < 0) return;
-    uint64_t t = ec->be->compute_fence ? ec->be->compute_fence() : 0;
+    uint64_t t = ec->be->compute_fence ? ec->be->compute_fence(ec->be) : 0;
     for (int i = ec->group_first; i <= ec->group_last; i++) {
         int s = ec->where[(size_t)ec->layer * ec->n_local + i];
         if (!ec->needed[i] || s < 0) continue;
@@ -358,7 +353,7 @@ int expert_cache_next(expert_cache *ec, expert_set *set, int *first) {
     int rest = ec->cursor;
     while (rest < n_local && !ec->needed[rest]) rest++;
     if (rest == n_local) prefetch_next(ec, l);   // overlaps this last group's compute on a GPU
-    if (wait && ec->be->compute_wait) ec->be->compute_wait(wait);
+    if (wait && ec->be->compute_wait) ec->be->compute_wait(ec->be, wait);
     size_t base = (size_t)l * n_local + g0;
     *set = (expert_set){.n_experts = last - g0 + 1, .w1 = ec->w1 + base, .w3 = ec->w3 + base, .w2 = ec->w2 + base};
     *first = g0;

@@ -50,13 +50,14 @@ expert_cache *expert_cache_new(const model *m, const expert_cache_options *o, ll
 void expert_cache_free(expert_cache *ec);
 
 // The step hooks, in the order moe_forward calls them for layer l:
-//   expert_cache_routed(ec, l, expert, n, k)   after the router (this rank's tokens)
+//   expert_cache_routed(ec, l, pairs)          after the route plan (pairs per expert [E]
+//                                              of this rank's tokens)
 //   expert_cache_begin(ec, l, offsets)         after the dispatch (rows per local expert)
-//   while (expert_cache_next(ec, &set, &first)) be->expert_ffn(ye, xe, offsets + first, &set);
+//   while (expert_cache_next(ec, &set, &first)) be->expert_ffn(be, ye, xe, offsets + first, ...);
 // Each expert_set covers local experts first .. first + set.n_experts - 1; every expert with
 // rows in it is resident. Usually there is one group per layer; a pool too small for all of a
 // layer's active experts at once gives several (results do not depend on the grouping).
-void expert_cache_routed(expert_cache *ec, int l, const int32_t *expert, int n, int k);
+void expert_cache_routed(expert_cache *ec, int l, const int32_t *pairs_per_expert);
 void expert_cache_begin(expert_cache *ec, int l, const int64_t *offsets);
 int expert_cache_next(expert_cache *ec, expert_set *set, int *first);
 

@@ -91,8 +91,9 @@ int generate(const model *m, run_state *s, comm *c, sequence *seqs, int n_seqs,
             *pos = xmalloc((size_t)T * sizeof(int32_t)), *logit_rows = xmalloc((size_t)T * sizeof(int32_t)),
             *logit_seq = xmalloc((size_t)T * sizeof(int32_t));
     prob_index *probs = xmalloc((size_t)V * sizeof(prob_index));
-    float *logits = m->be->alloc((size_t)T * V * sizeof(float)), *host_logits = NULL;
-    if (m->be->device_memory) host_logits = xmalloc((size_t)T * V * sizeof(float));
+    backend *be = m->be;
+    float *logits = be->alloc(be, (size_t)T * V * sizeof(float)), *host_logits = NULL;
+    if (be->device_memory) host_logits = xmalloc((size_t)T * V * sizeof(float));
     memset(stats, 0, sizeof *stats);
     int rc = 0;
 
@@ -127,19 +128,19 @@ int generate(const model *m, run_state *s, comm *c, sequence *seqs, int n_seqs,
                 }
             }
         // Lockstep: every rank steps while any rank has work (idle ranks still serve experts).
-        int64_t work[2] = {n > 0, has_prompt};
-        if (c->allreduce_sum_i64(c, work, 2) != 0) { rc = fail(err, "allreduce failed"); break; }
-        if (work[0] == 0) break;
+        // The same agreement tells the MoE layers the step's shape: the most tokens on any
+        // rank, and whether any rank still has prompt tokens.
+        double agree[3] = {n > 0, has_prompt, n};
+        if (c->allreduce_max_f64(c, agree, 3) != 0) { rc = fail(err, "allreduce failed"); break; }
+        if (agree[0] == 0) break;
         fault_step(stats->steps);   // LLAMOE_FAULT test hook (runtime/fault.h); no-op when unset
 
         double t0 = now_seconds();
-        if (forward(m, s, c, tokens, slot, pos, n, logit_rows, n_logits, logits) != 0) {
-            rc = fail(err, "forward pass failed at step %d", stats->steps);
-            break;
-        }
+        forward_step_hint(s, (int)agree[2], agree[1] == 0);
+        forward(m, s, c, tokens, slot, pos, n, logit_rows, n_logits, logits);
         const float *lg = logits;
         if (host_logits) {
-            m->be->download(host_logits, logits, (size_t)n_logits * V * sizeof(float));
+            be->download(be, host_logits, logits, (size_t)n_logits * V * sizeof(float));
             lg = host_logits;
         }
         for (int j = 0; j < n_logits; j++) {
@@ -158,7 +159,7 @@ int generate(const model *m, run_state *s, comm *c, sequence *seqs, int n_seqs,
         }
         if (rc) break;
         double dt = now_seconds() - t0;
-        if (work[1] > 0) stats->prefill_s += dt;
+        if (agree[1] > 0) stats->prefill_s += dt;
         else stats->decode_s += dt;
         stats->prefill_tokens += n_prompt_tokens;
         stats->decode_tokens += n - n_prompt_tokens;
@@ -166,6 +167,6 @@ int generate(const model *m, run_state *s, comm *c, sequence *seqs, int n_seqs,
     }
     free(tokens); free(slot); free(pos); free(logit_rows); free(logit_seq); free(probs);
     free(host_logits);
-    m->be->free(logits);
+    be->free(be, logits);
     return rc;
 }

@@ -1,11 +1,10 @@
-// Model loading: config + safetensors -> a plan of weight views and this rank's experts.
+// The model plan's weights: views into the checkpoint, their placement on the backend, and
+// the RoPE table. Loading the whole plan is runtime/model_load.c.
 #include "runtime/model.h"
 
 #include <math.h>
 #include <string.h>
 
-#include "runtime/moe.h"
-#include "parallel/placement.h"
 
 // ---------------------------------------------------------------------------- tensors
 int model_find_matrix(const model *m, const char *name, int64_t rows, int64_t cols, weight_t *w,
@@ -18,40 +17,30 @@ int model_find_matrix(const model *m, const char *name, int64_t rows, int64_t co
 }
 
 weight_t model_place_weight(const model *m, weight_t host) {
-    if (!m->be->device_memory) return host;
-    // Device copies are packed (ld = cols): copy row by row when the view is strided.
-    size_t row_bytes = (size_t)host.cols * dtype_size(host.dtype);
-    uint8_t *dev = m->be->alloc(row_bytes * (size_t)host.rows);
-    if (host.ld == host.cols) m->be->upload(dev, host.data, row_bytes * (size_t)host.rows);
-    else
-        for (int64_t r = 0; r < host.rows; r++)
-            m->be->upload(dev + r * row_bytes,
-                          (const uint8_t *)host.data + (size_t)(r * host.ld) * dtype_size(host.dtype), row_bytes);
+    backend *be = m->be;
+    if (!be->device_memory) return host;
+    // Device copies are packed (ld = cols): one 2-D copy gathers a strided view's rows.
+    size_t es = dtype_size(host.dtype), row_bytes = (size_t)host.cols * es;
+    uint8_t *dev = be->alloc(be, row_bytes * (size_t)host.rows);
+    be->upload_2d(be, dev, host.data, (size_t)host.ld * es, row_bytes, (size_t)host.rows);
     host.data = dev;
     host.ld = host.cols;
     return host;
 }
 
-static int load_matrix(model *m, const char *name, int64_t rows, int64_t cols, weight_t *w,
-                       llamoe_err *err) {
-    if (model_find_matrix(m, name, rows, cols, w, err) != 0) return -1;
-    *w = model_place_weight(m, *w);
-    return 0;
+void model_place_gate_up(const model *m, weight_t *gate, weight_t *up) {
+    backend *be = m->be;
+    if (!be->device_memory) return;
+    CHECK(gate->rows == up->rows && gate->cols == up->cols && gate->dtype == up->dtype);
+    size_t es = dtype_size(gate->dtype), row_bytes = (size_t)gate->cols * es, bytes = row_bytes * (size_t)gate->rows;
+    uint8_t *dev = be->alloc(be, 2 * bytes);
+    be->upload_2d(be, dev, gate->data, (size_t)gate->ld * es, row_bytes, (size_t)gate->rows);
+    be->upload_2d(be, dev + bytes, up->data, (size_t)up->ld * es, row_bytes, (size_t)up->rows);
+    gate->data = dev;
+    up->data = dev + bytes;
+    gate->ld = gate->cols;
+    up->ld = up->cols;
 }
-
-// Norm weights are small: widened to float32 once (on the backend).
-static int load_vector(model *m, const char *name, int64_t n, float **out, llamoe_err *err) {
-    const st_tensor *t;
-    if (st_expect(&m->st, name, 1, &n, &t, err) != 0) return -1;
-    float *host = xmalloc((size_t)n * sizeof(float));
-    to_f32(host, t->data, t->dtype, (size_t)n);
-    *out = m->be->alloc((size_t)n * sizeof(float));
-    m->be->upload(*out, host, (size_t)n * sizeof(float));
-    free(host);
-    return 0;
-}
-
-static size_t weight_bytes(const weight_t *w) { return (size_t)(w->rows * w->cols) * dtype_size(w->dtype); }
 
 // ---------------------------------------------------------------------------- rope
 void rope_inv_freq(const llama_config *c, float *inv_freq) {
@@ -75,104 +64,3 @@ void rope_inv_freq(const llama_config *c, float *inv_freq) {
     }
 }
 
-// ---------------------------------------------------------------------------- load
-int model_load(model *m, const char *dir, const moe_mode *mode, const backend *be,
-               int rank, int n_ranks, llamoe_err *err) {
-    return model_load_opts(m, dir, mode, be, rank, n_ranks, NULL, err);
-}
-
-int model_load_opts(model *m, const char *dir, const moe_mode *mode, const backend *be,
-                    int rank, int n_ranks, const model_options *o, llamoe_err *err) {
-    memset(m, 0, sizeof *m);
-    m->be = be;
-    m->experts_on_host = o && o->experts_on_host;
-    m->rank = rank;
-    m->n_ranks = n_ranks;
-    m->dir = xstrdup(dir);
-    if (config_load(&m->cfg, dir, err) != 0) goto fail;
-    if (st_open_dir(&m->st, dir, err) != 0) goto fail;
-    const llama_config *c = &m->cfg;
-
-    // Which MoE mode: a Mixtral checkpoint brings its own experts and router.
-    if (c->is_mixtral) {
-        if (mode && mode->kind != MOE_CHECKPOINT) {
-            char buf[64];
-            fail(err, "%s: --moe %s cannot be applied to a Mixtral checkpoint (it already has %d experts)",
-                 dir, moe_mode_str(mode, buf, sizeof buf), c->n_experts);
-            goto fail;
-        }
-        m->moe = (moe_mode){.kind = MOE_CHECKPOINT, .n_experts = c->n_experts, .top_k = c->n_experts_per_tok};
-    } else if (mode) {
-        m->moe = *mode;
-        if (m->moe.kind == MOE_CHECKPOINT) { fail(err, "%s: not a Mixtral checkpoint", dir); goto fail; }
-        if (moe_mode_check(&m->moe, c->intermediate_size, err) != 0) goto fail;
-    } else {
-        m->moe = (moe_mode){.kind = MOE_DENSE};
-    }
-
-    // Expert placement: rank r owns a contiguous block (parallel/placement.h).
-    if (m->moe.kind != MOE_DENSE) {
-        expert_placement p;
-        if (placement_init(&p, m->moe.n_experts, n_ranks, err) != 0) goto fail;
-        m->n_local_experts = placement_count(&p, rank);
-        m->first_expert = placement_first(&p, rank);
-    }
-
-    int d = c->hidden_size, q_dim = c->n_heads * c->head_dim, kv_dim = c->n_kv_heads * c->head_dim;
-    char name[256];
-    if (load_matrix(m, "model.embed_tokens.weight", c->vocab_size, d, &m->embed, err) != 0) goto fail;
-    if (c->tie_word_embeddings) m->lm_head = m->embed;
-    else if (load_matrix(m, "lm_head.weight", c->vocab_size, d, &m->lm_head, err) != 0) goto fail;
-    if (load_vector(m, "model.norm.weight", d, &m->final_norm, err) != 0) goto fail;
-    m->weight_bytes = weight_bytes(&m->embed) + (c->tie_word_embeddings ? 0 : weight_bytes(&m->lm_head));
-
-    m->layers = xcalloc((size_t)c->n_layers, sizeof(layer_weights));
-    for (int l = 0; l < c->n_layers; l++) {
-        layer_weights *L = &m->layers[l];
-#define LAYER(field) (snprintf(name, sizeof name, "model.layers.%d.%s", l, field), name)
-        if (load_vector(m, LAYER("input_layernorm.weight"), d, &L->attn_norm, err) != 0 ||
-            load_vector(m, LAYER("post_attention_layernorm.weight"), d, &L->ffn_norm, err) != 0 ||
-            load_matrix(m, LAYER("self_attn.q_proj.weight"), q_dim, d, &L->wq, err) != 0 ||
-            load_matrix(m, LAYER("self_attn.k_proj.weight"), kv_dim, d, &L->wk, err) != 0 ||
-            load_matrix(m, LAYER("self_attn.v_proj.weight"), kv_dim, d, &L->wv, err) != 0 ||
-            load_matrix(m, LAYER("self_attn.o_proj.weight"), d, q_dim, &L->wo, err) != 0)
-            goto fail;
-#undef LAYER
-        m->weight_bytes += weight_bytes(&L->wq) + weight_bytes(&L->wk) + weight_bytes(&L->wv) +
-                           weight_bytes(&L->wo);
-        if (moe_build_layer(m, l, err) != 0) goto fail;
-    }
-    m->inv_freq = xmalloc((size_t)(c->head_dim / 2) * sizeof(float));
-    rope_inv_freq(c, m->inv_freq);
-    return 0;
-fail:
-    model_free(m);
-    return -1;
-}
-
-void model_free(model *m) {
-    const backend *be = m->be;
-    if (m->layers) {
-        for (int l = 0; l < m->cfg.n_layers; l++) {
-            layer_weights *L = &m->layers[l];
-            be->free(L->attn_norm);
-            be->free(L->ffn_norm);
-            if (be->device_memory) {
-                const void *w[] = {L->wq.data, L->wk.data, L->wv.data, L->wo.data};
-                for (int i = 0; i < 4; i++) be->free((void *)w[i]);
-            }
-            moe_free_layer(m, L);
-        }
-        free(m->layers);
-    }
-    if (be && be->device_memory) {
-        be->free((void *)m->embed.data);
-        if (!m->cfg.tie_word_embeddings) be->free((void *)m->lm_head.data);
-    }
-    if (be) be->free(m->final_norm);
-    if (be) be->free(m->router_memory);
-    free(m->inv_freq);
-    free(m->dir);
-    st_close(&m->st);
-    memset(m, 0, sizeof *m);
-}

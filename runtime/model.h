@@ -23,7 +23,7 @@ typedef struct {
 typedef struct {
     llama_config cfg;
     moe_mode moe;                         // kind MOE_CHECKPOINT for Mixtral directories
-    const backend *be;
+    backend *be;
     st_set st;                            // keeps the mmap alive
     char *dir;
 
@@ -40,20 +40,20 @@ typedef struct {
     int experts_on_host;                  // memory mode: w1/w3/w2 stay host memory (views or
                                           // production buffers); runtime/expert_cache.c copies
                                           // the ones in use into a bounded backend pool
-    void *router_memory;                  // generated routers (upcycle, production), owned
 } model;
 
-// Opens DIR, validates config and tensors against each other, and builds the layers for
-// `mode` (NULL: the checkpoint's own layout: dense for Llama, MOE_CHECKPOINT for Mixtral).
-// Only the experts of `rank` out of `n_ranks` are built. Returns -1 with err on bad input.
-int model_load(model *m, const char *dir, const moe_mode *mode, const backend *be,
+// (runtime/model_load.c) Opens DIR, validates config and tensors against each other, and
+// builds the layers for `mode` (NULL: the checkpoint's own layout: dense for Llama,
+// MOE_CHECKPOINT for Mixtral). Only the experts of `rank` out of `n_ranks` are built.
+// Returns -1 with err on bad input.
+int model_load(model *m, const char *dir, const moe_mode *mode, backend *be,
                int rank, int n_ranks, llamoe_err *err);
 
 typedef struct {
     int experts_on_host;   // memory mode (--expert-budget): never place experts on the backend
 } model_options;
 // model_load with options (o may be NULL: the defaults, as model_load).
-int model_load_opts(model *m, const char *dir, const moe_mode *mode, const backend *be,
+int model_load_opts(model *m, const char *dir, const moe_mode *mode, backend *be,
                     int rank, int n_ranks, const model_options *o, llamoe_err *err);
 void model_free(model *m);
 
@@ -63,6 +63,10 @@ int model_find_matrix(const model *m, const char *name, int64_t rows, int64_t co
 // The weight as the backend uses it: the view itself on host backends, a packed device copy
 // (owned by the caller, freed with be->free) otherwise.
 weight_t model_place_weight(const model *m, weight_t host);
+// An expert's gate and up placed together on a device backend: one [2 ff, d] allocation, gate
+// first (a grouped FFN runs both as one GEMM); the device copy is freed through gate->data.
+// Host backends keep the views.
+void model_place_gate_up(const model *m, weight_t *gate, weight_t *up);
 
 // inv_freq[i] for i < head_dim/2 with the llama3 frequency scaling when configured.
 void rope_inv_freq(const llama_config *c, float *inv_freq);

@@ -1,26 +1,20 @@
-// Shared by the op tests of both backends (tests/test_ops.c, tests/cuda/test_ops_cuda.c):
-// seeded random data, the case-file format of tests/data/ops_cases*.txt, and comparisons.
-// Header-only (static functions): each test is one program.
+// The op test's harness (tests/test_ops.c): seeded random data, the case-file format of
+// tests/data/ops_cases*.txt, and comparisons. Header-only (static functions).
 #pragma once
+#include "base/rng.h"
 #include "kernels/backend.h"
 
 #include <math.h>
 #include <string.h>
 
 // ---------------------------------------------------------------------------- random data
-static uint64_t rng_state;   // reseeded per case by ops_for_each_case: cases are reorderable
-static uint64_t rng_next(void) {   // splitmix64
-    uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-static float rng_uniform(void) { return (float)((rng_next() >> 40) * (2.0 / 16777216.0) - 1.0); }   // [-1, 1)
-static inline int rng_int(int n) { return (int)(rng_next() % (uint64_t)n); }
+static rng_t case_rng;   // reseeded per case by ops_for_each_case: cases are reorderable
+static float rand_unit(void) { return (float)((rng_next(&case_rng) >> 40) * (2.0 / 16777216.0) - 1.0); }   // [-1, 1)
+static inline int rand_int(int n) { return (int)(rng_next(&case_rng) % (uint64_t)n); }
 
 static inline float *rand_floats(size_t n, float scale) {
     float *p = xmalloc((n ? n : 1) * sizeof(float));
-    for (size_t i = 0; i < n; i++) p[i] = scale * rng_uniform();
+    for (size_t i = 0; i < n; i++) p[i] = scale * rand_unit();
     return p;
 }
 
@@ -31,7 +25,7 @@ static inline weight_t rand_weight_host(int64_t rows, int64_t cols, int64_t ld, 
     char *p = xmalloc(count * es);
     for (int64_t r = 0; r < rows; r++)
         for (int64_t c = 0; c < ld; c++) {
-            float v = c < cols ? scale * rng_uniform() : NAN;
+            float v = c < cols ? scale * rand_unit() : NAN;
             char *at = p + ((size_t)r * ld + c) * es;
             if (dt == DT_F32) memcpy(at, &v, 4);
             else { uint16_t h = dt == DT_BF16 ? f32_to_bf16(v) : f32_to_f16(v); memcpy(at, &h, 2); }
@@ -72,6 +66,10 @@ static const char *param(const test_case *c, const char *key) {
     die("ops cases: %s: missing parameter %s", c->text, key);
 }
 static inline int64_t iparam(const test_case *c, const char *key) { return strtoll(param(c, key), NULL, 10); }
+static inline int64_t iparam_or(const test_case *c, const char *key, int64_t fallback) {   // optional
+    for (int i = 0; i < c->np; i++) if (!strcmp(c->p[i].key, key)) return strtoll(c->p[i].val, NULL, 10);
+    return fallback;
+}
 static inline double dparam(const test_case *c, const char *key) { return strtod(param(c, key), NULL); }
 static inline dtype_t dtparam(const test_case *c) {
     dtype_t t;
@@ -89,15 +87,15 @@ static inline int lparam(const test_case *c, const char *key, int64_t *out, int 
     return n;
 }
 
-// Calls fn for every case of the file, with rng_state seeded from the line number and
-// c->args holding the parameters without tol= (printed in its own column). Stops at the
-// first case for which fn returns non-zero and returns that value.
-static int ops_for_each_case(const char *path, int (*fn)(const test_case *c, void *ctx), void *ctx) {
+// Calls fn for every case of the file from the `first`-th on (cases count across calls in
+// *index), with case_rng seeded from the line number and c->args holding the parameters
+// without tol= (printed in its own column). Every case runs, whatever the others gave.
+static void ops_for_each_case(const char *path, int first, int *index, void (*fn)(const test_case *c, void *ctx), void *ctx) {
     llamoe_err err;
     char *text = read_text_file(path, 1 << 20, NULL, &err);
     if (!text) die("%s", err.msg);
-    int line_no = 0, rc = 0;
-    for (char *save, *line = strtok_r(text, "\n", &save); line && !rc; line = strtok_r(NULL, "\n", &save)) {
+    int line_no = 0;
+    for (char *save, *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
         line_no++;
         while (*line == ' ') line++;
         if (!*line || *line == '#') continue;
@@ -117,11 +115,11 @@ static int ops_for_each_case(const char *path, int (*fn)(const test_case *c, voi
             snprintf(c.p[c.np].val, sizeof c.p[c.np].val, "%s", eq + 1);
             c.np++;
         }
-        rng_state = 0x1234u + (uint64_t)line_no;
-        rc = fn(&c, ctx);
+        if ((*index)++ < first) continue;
+        case_rng.state = 0x1234u + (uint64_t)line_no;
+        fn(&c, ctx);
     }
     free(text);
-    return rc;
 }
 
 // The op of a case line -> the function that runs it (both tests have one table each).

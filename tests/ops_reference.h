@@ -136,13 +136,95 @@ static void ref_expert_ffn(float *out, const float *x, const int64_t *offsets, c
     }
 }
 
-static void ref_combine(float *out, const float *y, const int32_t *row, const float *w, int n, int k, int dim) {
+// The exact combine: each output element accumulates fmaf(w_j, y_j, acc) from 0 over the
+// token's experts in ascending expert index, the order docs/design.md promises; the backends
+// must match it bitwise. Row of pair (t, j): its owner's first returned row + its pair slot.
+static void ref_combine(float *out, const float *y, const int32_t *expert, const int32_t *pair_slot,
+                        const float *w, const int64_t *ret_base, const int32_t *owner, int n, int k, int dim) {
     for (int t = 0; t < n; t++)
         for (int c = 0; c < dim; c++) {
-            double s = 0;
-            for (int j = 0; j < k; j++) s += (double)w[t * k + j] * y[(size_t)row[t * k + j] * dim + c];
-            out[(size_t)t * dim + c] = (float)s;
+            float acc = 0.0f;
+            for (int e_prev = -1, done = 0; done < k; done++) {
+                int j = -1;   // the next pair in ascending expert index
+                for (int i = 0; i < k; i++)
+                    if (expert[t * k + i] > e_prev && (j < 0 || expert[t * k + i] < expert[t * k + j])) j = i;
+                e_prev = expert[t * k + j];
+                int64_t row = ret_base[owner[e_prev]] + pair_slot[t * k + j];
+                acc = fmaf(w[t * k + j], y[(size_t)row * dim + c], acc);
+            }
+            out[(size_t)t * dim + c] = acc;
         }
+}
+
+// ---------------------------------------------------------------------------- MoE exchange
+// Written from base/moe_wire.h and kernels/backend.h as counting definitions (how many come
+// before), not as the scatter loops the kernels use.
+static void ref_moe_plan(int32_t *counts, int32_t *row_slot, int32_t *pair_slot, const int32_t *expert, int n, int k,
+                         const int32_t *owner, int E, int P) {
+    memset(counts, 0, (size_t)(E + P) * sizeof(int32_t));
+    for (int t = 0; t < n; t++)
+        for (int j = 0; j < k; j++) {
+            int e = expert[t * k + j], r = owner[e];
+            counts[e]++;
+            int first = 1, rows_before = 0, pairs_before = 0;
+            for (int i = 0; i < j; i++) first &= owner[expert[t * k + i]] != r;
+            for (int u = 0; u <= t; u++) {
+                int visits = 0;
+                for (int i = 0; i < k; i++) {
+                    if (u == t && i == j) break;
+                    if (owner[expert[u * k + i]] == r) { pairs_before++; visits = 1; }
+                }
+                if (u < t) rows_before += visits;
+            }
+            row_slot[t * k + j] = first ? rows_before : -1;
+            pair_slot[t * k + j] = pairs_before;
+            if (first) counts[E + r]++;
+        }
+}
+
+// The message a rank sends peer r, written into msg (header, rows, pairs at pairs_at).
+static void ref_moe_message(uint8_t *msg, size_t pairs_at, int r, const float *x, const int32_t *expert, int n, int k,
+                            int d, const int32_t *owner, const int32_t *local) {
+    int32_t rows = 0, pairs = 0;
+    for (int t = 0; t < n; t++) {
+        int row = -1;
+        for (int j = 0; j < k; j++) {
+            if (owner[expert[t * k + j]] != r) continue;
+            if (row < 0) {
+                row = rows++;
+                memcpy(msg + MOE_HEADER_BYTES + (size_t)row * d * sizeof(float), x + (size_t)t * d, (size_t)d * sizeof(float));
+            }
+            int32_t pair[2] = {row, local[expert[t * k + j]]};
+            memcpy(msg + pairs_at + (size_t)pairs++ * MOE_PAIR_BYTES, pair, sizeof pair);
+        }
+    }
+    int32_t header[4] = {rows, pairs, d, 0};
+    memcpy(msg, header, sizeof header);
+}
+
+// Owner side: xe holds, for local expert 0, 1, ..., the rows of its pairs in (source, pair)
+// order; ret_row[ret_base[s] + q] is the xe row of pair q of source s (-1 past its pairs).
+static void ref_moe_group(float *xe, int64_t *offsets, int32_t *ret_row, const uint8_t *recv, const moe_layout *at,
+                          const int64_t *ret_base, int n_src, int n_local, int d) {
+    int64_t row = 0;
+    offsets[0] = 0;
+    for (int s = 0; s < n_src; s++)
+        for (int64_t q = ret_base[s]; q < ret_base[s + 1]; q++) ret_row[q] = -1;
+    for (int le = 0; le < n_local; le++) {
+        for (int s = 0; s < n_src; s++) {
+            const uint8_t *msg = recv + at->msg[s];
+            int32_t header[4];
+            memcpy(header, msg, sizeof header);
+            for (int q = 0; q < header[1]; q++) {
+                int32_t pair[2];
+                memcpy(pair, msg + at->pairs[s] + (size_t)q * MOE_PAIR_BYTES, sizeof pair);
+                if (pair[1] != le) continue;
+                memcpy(xe + (size_t)row * d, msg + MOE_HEADER_BYTES + (size_t)pair[0] * d * sizeof(float), (size_t)d * sizeof(float));
+                ret_row[ret_base[s] + q] = (int32_t)row++;
+            }
+        }
+        offsets[le + 1] = row;
+    }
 }
 
 static void ref_argmax(int32_t *out, const float *logits, int n, int vocab) {

@@ -1,7 +1,7 @@
-// The one-process communicator, the chunking arithmetic of the MPI transport, and a
-// dispatch/combine round trip over comm_self (P = 1: everything is a local copy).
+// The one-process communicator, the chunking arithmetic of the MPI transport, and MoE
+// exchange round trips over comm_self (P = 1: everything is a local copy).
 #include "parallel/comm.h"
-#include "parallel/dispatch.h"
+#include "tests/exchange_check.h"
 
 #include <limits.h>
 #include <string.h>
@@ -43,62 +43,30 @@ static void test_chunks(void) {
     EXPECT(sum == huge && comm_n_chunks(huge, (size_t)1 << 30) == 20);
 }
 
-// P = 1 round trip with y = x * (e + 1) + e as the "expert"; y_pairs must match bitwise.
+// P = 1 round trips through the MoE exchange (tests/exchange_check.h) on both plans: the
+// fake experts' outputs come back summed bitwise, and nothing crosses to another rank.
 static void test_round_trip(int E, int k, int n, int d) {
     comm *c = comm_self();
-    expert_placement p;
-    EXPECT(placement_init(&p, E, 1, NULL) == 0);
-    moe_exchange *ex = moe_exchange_new(&p, 0, d);
-    float *x = xmalloc((size_t)n * d * sizeof(float));
-    int32_t *expert = xmalloc((size_t)n * k * sizeof(int32_t));
-    float *y = xmalloc((size_t)n * k * d * sizeof(float));
-    for (int t = 0; t < n; t++) {
-        for (int i = 0; i < d; i++) x[(size_t)t * d + i] = (float)((t * 31 + i * 7) % 101) / 13.0f - 3.0f;
-        for (int j = 0; j < k; j++) expert[t * k + j] = (t + j * (E / k)) % E;   // distinct, then sorted
-        for (int a = 1; a < k; a++)
-            for (int b = a; b > 0 && expert[t * k + b] < expert[t * k + b - 1]; b--) {
-                int32_t tmp = expert[t * k + b]; expert[t * k + b] = expert[t * k + b - 1]; expert[t * k + b - 1] = tmp;
-            }
+    backend *be = backend_cpu_new(NULL);
+    for (int fixed = 0; fixed < 2; fixed++) {
+        moe_shape sh = {.n_experts = E, .top_k = k, .d = d, .n_layers = 1, .rank = 0, .n_ranks = 1,
+                        .max_tokens = n > 0 ? n : 1, .capacity = n > 0 ? n : 1,
+                        .kind = fixed ? MOE_EXCHANGE_FIXED : MOE_EXCHANGE_COUNTS};
+        moe_state s;
+        moe_state_init(&s, be, &sh);
+        char what[96];
+        snprintf(what, sizeof what, "round trip E=%d k=%d n=%d d=%d %s", E, k, n, d, fixed ? "fixed" : "counts");
+        for (int step = 0; step < 2; step++) EXPECT(exchange_round_trip(&s, c, n, 77 + step, 1, what) == 0);
+        moe_stats_fetch(&s);
+        const moe_traffic *tr = &s.stats.traffic;
+        EXPECT(tr->dispatch_sent == 0 && tr->dispatch_recv == 0 && tr->combine_sent == 0 && tr->combine_recv == 0);
+        EXPECT(fixed ? tr->exchanges_fixed == 2 : tr->exchanges_counts == 2);
+        int64_t pairs = 0;
+        for (int e = 0; e < E; e++) pairs += s.stats.tokens_per_expert[e];
+        EXPECT(pairs == 2 * (int64_t)n * k && s.stats.rows_to[0] == 2 * (int64_t)n);
+        moe_state_free(&s);
     }
-    const float *xe;
-    const int64_t *off;
-    int64_t m = -1;
-    llamoe_err err = {{0}};
-    EXPECT(moe_dispatch(ex, c, x, n, expert, k, &xe, &off, &m, &err) == 0);
-    EXPECT(m == (int64_t)n * k && off[0] == 0 && off[E] == m);
-    float *ye = xmalloc((size_t)(m ? m : 1) * d * sizeof(float));
-    for (int e = 0; e < E; e++)
-        for (int64_t r = off[e]; r < off[e + 1]; r++)
-            for (int i = 0; i < d; i++) ye[r * d + i] = xe[r * d + i] * (float)(e + 1) + (float)e;
-    EXPECT(moe_combine(ex, c, ye, y, &err) == 0);
-    for (int t = 0; t < n; t++)
-        for (int j = 0; j < k; j++) {
-            int e = expert[t * k + j];
-            for (int i = 0; i < d; i++) {
-                float want = x[(size_t)t * d + i] * (float)(e + 1) + (float)e;
-                if (memcmp(&want, &y[((size_t)t * k + j) * d + i], sizeof want)) {
-                    fprintf(stderr, "round trip E=%d k=%d: token %d expert %d elem %d: %g != %g\n",
-                            E, k, t, e, i, y[((size_t)t * k + j) * d + i], want);
-                    failures++;
-                    t = n; j = k; break;
-                }
-            }
-        }
-    moe_traffic tr;
-    moe_exchange_traffic(ex, &tr);
-    EXPECT(tr.bytes_sent == 0 && tr.bytes_recv == 0 && tr.pairs_home == (int64_t)n * k);
-    // Bad input: descending ids give -1 with a message, and the exchange stays usable.
-    if (k >= 2 && n >= 1) {
-        int32_t saved = expert[0];
-        expert[0] = expert[1];
-        EXPECT(moe_dispatch(ex, c, x, n, expert, k, &xe, &off, &m, &err) == -1);
-        EXPECT(strstr(err.msg, "not strictly ascending") != NULL);
-        expert[0] = saved;
-        EXPECT(moe_dispatch(ex, c, x, n, expert, k, &xe, &off, &m, &err) == 0);
-        EXPECT(moe_combine(ex, c, ye, y, &err) == 0);
-    }
-    free(x); free(expert); free(y); free(ye);
-    moe_exchange_free(ex);
+    backend_free(be);
     comm_free(c);
 }
 

@@ -26,7 +26,7 @@ static int json_ids(json_object *a, int32_t *out, int cap) {
     return n;
 }
 
-static void run_mode(const backend *be, double tol, const char *dir, json_object *cases, const char *mode_str,
+static void run_mode(backend *be, double tol, const char *dir, json_object *cases, const char *mode_str,
                      int step_tokens, tally *t) {
     llamoe_err err;
     moe_mode mode;
@@ -47,7 +47,7 @@ static void run_mode(const backend *be, double tol, const char *dir, json_object
         CHECK(dump);
         sequence q;
         run_state rs;
-        run_state_init(&rs, &m, step_tokens, 1, 512);
+        run_state_init(&rs, &m, &(run_options){.max_tokens = step_tokens, .n_slots = 1, .ctx = 512});
         // No reference run sampled BOS (this model's end of story, an eos id here): a stop
         // before n_expect tokens is itself a mismatch.
         greedy_generate(&m, &rs, prompt, n_prompt, n_expect, step_tokens, dump, &q);
@@ -94,7 +94,7 @@ static void run_mode(const backend *be, double tol, const char *dir, json_object
 
 int main(int argc, char **argv) {
     const char *src = argc > 1 ? argv[1] : LLAMOE_SOURCE_DIR;
-    const backend *be = backend_cpu();
+    backend *be = NULL;
     double tol = 1e-4;
     if (argc > 3 && !strcmp(argv[2], "--backend") && !strcmp(argv[3], "cuda")) {
 #ifdef LLAMOE_CUDA
@@ -102,9 +102,10 @@ int main(int argc, char **argv) {
             printf("test_expected --backend cuda: no CUDA device: skipped\n");
             return 77;
         }
-        be = backend_cuda();
+        llamoe_err err;
+        if (!(be = backend_cuda_new(&(backend_options){0}, &err))) die("%s", err.msg);
         tol = 1e-3;
-        printf("device: %s\n", cuda_device_description());
+        printf("device: %s\n", backend_cuda_description(be));
 #else
         die("--backend cuda: built without CUDA (configure with -DLLAMOE_CUDA=ON)");
 #endif
@@ -117,12 +118,13 @@ int main(int argc, char **argv) {
     json_object *root = json_object_from_file(path);
     if (!root) die("%s: cannot parse", path);
     json_object *cases = json_object_object_get(root, "cases");
-    backend_cpu_set_threads(2);
+    if (!be) be = backend_cpu_new(&(backend_options){.threads = 2});
     tally t = {0, 0};
     const char *modes[] = {"dense", "identity:1", "identity:4", "identity:8", "identity:7", "upcycle:8:2"};
     for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) run_mode(be, tol, dir, cases, modes[i], 64, &t);
     run_mode(be, tol, dir, cases, "upcycle:8:2", 3, &t);   // prompts in chunks of 3 tokens
     json_object_put(root);
+    backend_free(be);
     printf("expected: %d passed, %d failed\n", t.passed, t.failed);
     return t.failed ? 1 : 0;
 }

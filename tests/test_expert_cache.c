@@ -43,7 +43,7 @@ static int64_t random_offsets(rng_t *r, int n_local, int64_t *offsets) {
 
 static int run_case(case_buf *b, size_t slots, expert_evict evict, expert_prefetch pf, const char *mode) {
     const model *m = b->m;
-    const backend *be = m->be;
+    backend *be = m->be;
     int L = m->cfg.n_layers, n_local = m->n_local_experts, d = m->cfg.hidden_size;
     llamoe_err err;
     size_t slot = expert_cache_slot_bytes(m);
@@ -60,12 +60,11 @@ static int run_case(case_buf *b, size_t slots, expert_evict evict, expert_prefet
             const layer_weights *LW = &m->layers[l];
             int64_t rows = random_offsets(&r, n_local, b->offsets);
             for (int64_t i = 0; i < rows * d; i++) b->x[i] = (float)(rng_normal(&r));
-            be->expert_ffn(b->ye_ref, b->x, b->offsets, &LW->experts);
+            be->expert_ffn(be, b->ye_ref, b->x, b->offsets, b->offsets, rows, &LW->experts);
             // This rank's own tokens chose a random part of the active experts.
-            int n_routed = 0;
             for (int i = 0; i < n_local; i++)
-                if (b->offsets[i + 1] > b->offsets[i] && rng_next(&r) % 2) b->routed[n_routed++] = m->first_expert + i;
-            expert_cache_routed(ec, l, b->routed, n_routed, 1);
+                b->routed[m->first_expert + i] = b->offsets[i + 1] > b->offsets[i] && rng_next(&r) % 2;
+            expert_cache_routed(ec, l, b->routed);
             memset(b->ye, 0xff, (size_t)(rows ? rows : 1) * d * sizeof(float));
             expert_set set;
             int first, covered = 0;
@@ -79,7 +78,7 @@ static int run_case(case_buf *b, size_t slots, expert_evict evict, expert_prefet
                            set.w1[j].ld == set.w1[j].cols && set.w2[j].ld == set.w2[j].cols,
                            "%s: layer %d expert %d not served from the pool", mode, l, i);
                 }
-                be->expert_ffn(b->ye, b->x, b->offsets + first, &set);
+                be->expert_ffn(be, b->ye, b->x, b->offsets + first, b->offsets + first, rows, &set);
             }
             int active = 0;
             for (int i = 0; i < n_local; i++) active += b->offsets[i + 1] > b->offsets[i];
@@ -109,13 +108,14 @@ static int run_case(case_buf *b, size_t slots, expert_evict evict, expert_prefet
     return 0;
 }
 
-static void *no_memory(size_t bytes) { (void)bytes; return NULL; }
+static void *no_memory(backend *be, size_t bytes) { (void)be; (void)bytes; return NULL; }
 
 int main(int argc, char **argv) {
     const char *src = argc > 1 ? argv[1] : LLAMOE_SOURCE_DIR;
     char dir[4096];
     snprintf(dir, sizeof dir, "%s/models/stories260k", src);
     const char *modes[] = {"production:8:2", "upcycle:8:2", "identity:8", "identity:5"};
+    backend *cpu = backend_cpu_new(NULL);
     for (size_t mi = 0; mi < sizeof modes / sizeof modes[0]; mi++) {
         llamoe_err err;
         moe_mode mode;
@@ -127,12 +127,12 @@ int main(int argc, char **argv) {
         // Rank 1 of 3 as well: a block of experts that does not start at 0.
         for (int rank = 0; rank < 2; rank++) {
             int P = rank ? 3 : 1;
-            if (model_load_opts(&m, dir, &mode, backend_cpu(), rank, P, &mo, &err) != 0) die("%s", err.msg);
+            if (model_load_opts(&m, dir, &mode, cpu, rank, P, &mo, &err) != 0) die("%s", err.msg);
             int L = m.cfg.n_layers, n_local = m.n_local_experts, d = m.cfg.hidden_size;
             size_t cap = (size_t)n_local * MAX_ROWS * d;
             case_buf b = {.m = &m, .x = xmalloc(cap * sizeof(float)), .ye_ref = xmalloc(cap * sizeof(float)),
                            .ye = xmalloc(cap * sizeof(float)), .offsets = xmalloc(((size_t)n_local + 1) * sizeof(int64_t)),
-                           .routed = xmalloc((size_t)n_local * sizeof(int32_t))};
+                           .routed = xcalloc((size_t)m.moe.n_experts, sizeof(int32_t))};
             char name[64];
             snprintf(name, sizeof name, "%s r%d/%d", modes[mi], rank, P);
             size_t all = (size_t)L * n_local;
@@ -149,9 +149,9 @@ int main(int argc, char **argv) {
                 expert_cache_options o = {.budget_bytes = slot - 1, .evict = EVICT_LAYER_LRU};
                 EXPECT(!expert_cache_new(&m, &o, &err) && strstr(err.msg, "below one expert"), "budget below one expert: %s", err.msg);
                 printf("ok   budget below one expert: %s\n", err.msg);
-                backend starved = *backend_cpu();
+                backend starved = *cpu;
                 starved.try_alloc = no_memory;
-                const backend *keep = m.be;
+                backend *keep = m.be;
                 m.be = &starved;
                 o.budget_bytes = 4 * slot;
                 EXPECT(!expert_cache_new(&m, &o, &err) && strstr(err.msg, "cannot allocate") && strstr(err.msg, "4 slots"),
@@ -163,6 +163,7 @@ int main(int argc, char **argv) {
             model_free(&m);
         }
     }
+    backend_free(cpu);
     printf("test_expert_cache: %d checks, %d failed\n", checks, failures);
     return failures != 0;
 }

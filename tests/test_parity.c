@@ -32,13 +32,13 @@ static void check_layer(void *ctx, int l, const float *xn, const float *ffn_out,
     layer_check *lc = ctx;
     if (n == 0) return;
     const model *m = lc->m;
-    const backend *be = m->be;
+    backend *be = m->be;
     const layer_weights *L = &m->layers[l];
     int d = m->cfg.hidden_size, I = m->cfg.intermediate_size;
-    be->matmul(lc->gate, xn, &L->w_gate, n);
-    be->matmul(lc->up, xn, &L->w_up, n);
-    be->swiglu(lc->gate, lc->gate, lc->up, (int64_t)n * I);
-    be->matmul(lc->y, lc->gate, &L->w_down, n);
+    be->matmul(be, lc->gate, xn, &L->w_gate, n);
+    be->matmul(be, lc->up, xn, &L->w_up, n);
+    be->swiglu(be, lc->gate, lc->gate, lc->up, (int64_t)n * I);
+    be->matmul(be, lc->y, lc->gate, &L->w_down, n);
     float *row = xmalloc((size_t)I * sizeof(float));
     for (int t = 0; t < n; t++)
         for (int j = 0; j < d; j++) {
@@ -74,13 +74,14 @@ static void run(const char *dir, const char *mode_str, const int32_t *prompt, in
     moe_mode mode;
     if (moe_mode_parse(mode_str, &mode, &err) != 0) die("%s", err.msg);
     model m;
-    if (model_load(&m, dir, &mode, backend_cpu(), 0, 1, &err) != 0) die("%s", err.msg);
+    backend *cpu = backend_cpu_new(&(backend_options){.threads = 2});
+    if (model_load(&m, dir, &mode, cpu, 0, 1, &err) != 0) die("%s", err.msg);
     int V = m.cfg.vocab_size, T = 64;
     FILE *dump = tmpfile();
     CHECK(dump);
     sequence q;
     run_state rs;
-    run_state_init(&rs, &m, T, 1, n_prompt + steps + 1);
+    run_state_init(&rs, &m, &(run_options){.max_tokens = T, .n_slots = 1, .ctx = n_prompt + steps + 1});
     if (lc) {
         int64_t I = m.cfg.intermediate_size, d = m.cfg.hidden_size;
         lc->m = &m;
@@ -102,6 +103,7 @@ static void run(const char *dir, const char *mode_str, const int32_t *prompt, in
     sequence_free(&q);
     run_state_free(&rs, &m);
     model_free(&m);
+    backend_free(cpu);
 }
 
 int main(int argc, char **argv) {
@@ -117,7 +119,6 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--modes")) modes_arg = argv[i + 1];
         else die("%s: unknown option (-m DIR, --steps N, --ids LIST, --modes LIST)", argv[i]);
     }
-    backend_cpu_set_threads(2);
     llamoe_err err;
     llama_config cfg;
     if (config_load(&cfg, dir, &err) != 0) die("%s", err.msg);

@@ -9,7 +9,7 @@
 
 #include <omp.h>
 
-void cpu_kv_write(float *k_cache, float *v_cache, const float *k, const float *v,
+void cpu_kv_write(backend *be, float *k_cache, float *v_cache, const float *k, const float *v,
                   const int32_t *slot, const int32_t *pos, int n, int kv_dim, int64_t slot_stride) {
     for (int i = 0; i < n; i++) {
         size_t at = (size_t)slot[i] * (size_t)slot_stride + (size_t)pos[i] * (size_t)kv_dim;
@@ -18,7 +18,7 @@ void cpu_kv_write(float *k_cache, float *v_cache, const float *k, const float *v
     }
 }
 
-void cpu_attention(float *out, const float *q, const float *k_cache, const float *v_cache,
+void cpu_attention(backend *be, float *out, const float *q, const float *k_cache, const float *v_cache,
                    const int32_t *slot, const int32_t *pos, int n,
                    int n_heads, int n_kv_heads, int head_dim, int64_t slot_stride) {
     if (n <= 0) return;
@@ -29,9 +29,9 @@ void cpu_attention(float *out, const float *q, const float *k_cache, const float
     for (int i = 0; i < n; i++) max_pos = pos[i] > max_pos ? pos[i] : max_pos;
     int64_t items = (int64_t)n * n_kv_heads;
 
-    int threads = cpu_threads();
+    int threads = cpu_threads(be);
     size_t per_thread = (size_t)group * (size_t)(max_pos + 1);
-    float *scores = cpu_scratch(CPU_SCRATCH_ATTENTION, (size_t)threads * per_thread * sizeof(float));
+    float *scores = cpu_scratch(be, CPU_SCRATCH_ATTENTION, (size_t)threads * per_thread * sizeof(float));
 #pragma omp parallel num_threads(threads) if (items > 1)
     {
         float *score = scores + (size_t)omp_get_thread_num() * per_thread;

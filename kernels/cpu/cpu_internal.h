@@ -6,15 +6,16 @@
 #include <math.h>
 #include <string.h>
 
-// Threads used by every parallel region of the CPU backend (backend_cpu_set_threads).
-int cpu_threads(void);
+// Threads used by every parallel region of this CPU backend (backend_options.threads).
+int cpu_threads(backend *be);
 
 // Grow-only scratch for the ops, so that a step allocates nothing once the largest step has
 // been seen (decode after prefill: none at all). One buffer per CPU_SCRATCH_* id, owned by
-// the backend for the life of the process. Ops are called from one host thread (the runtime's),
+// the backend object. Ops of one backend are called from one host thread (the runtime's),
 // never concurrently, so ids are per op, not per thread. Contents are not kept across calls.
-enum { CPU_SCRATCH_ATTENTION, CPU_SCRATCH_ROUTER, CPU_SCRATCH_FFN_G, CPU_SCRATCH_FFN_U, CPU_SCRATCH_FFN_ITEMS, CPU_SCRATCH_N };
-void *cpu_scratch(int id, size_t bytes);
+enum { CPU_SCRATCH_ATTENTION, CPU_SCRATCH_ROUTER, CPU_SCRATCH_FFN_G, CPU_SCRATCH_FFN_U, CPU_SCRATCH_FFN_ITEMS,
+       CPU_SCRATCH_MOE, CPU_SCRATCH_N };
+void *cpu_scratch(backend *be, int id, size_t bytes);
 
 // ---------------------------------------------------------------------------- vectors
 // 16 fp32 lanes: one AVX-512 register, two AVX2 registers. Lane-wise vector arithmetic has
@@ -82,19 +83,28 @@ static inline float cpu_swiglu1(float g, float u) { return g / (1.0f + expf(-g))
 
 // ---------------------------------------------------------------------------- the ops
 // One function per entry of the backend table (documented in kernels/backend.h).
-void cpu_embed(float *out, const weight_t *table, const int32_t *ids, int n);
-void cpu_rmsnorm(float *out, const float *x, const float *w, int n, int dim, float eps);
-void cpu_matmul(float *out, const float *x, const weight_t *w, int n);
-void cpu_rope(float *x, int n, int n_heads, int head_dim, const int32_t *pos, const float *inv_freq);
-void cpu_kv_write(float *k_cache, float *v_cache, const float *k, const float *v,
+void cpu_embed(backend *be, float *out, const weight_t *table, const int32_t *ids, int n);
+void cpu_rmsnorm(backend *be, float *out, const float *x, const float *w, int n, int dim, float eps);
+void cpu_matmul(backend *be, float *out, const float *x, const weight_t *w, int n);
+void cpu_rope(backend *be, float *x, int n, int n_heads, int head_dim, const int32_t *pos, const float *inv_freq);
+void cpu_kv_write(backend *be, float *k_cache, float *v_cache, const float *k, const float *v,
                   const int32_t *slot, const int32_t *pos, int n, int kv_dim, int64_t slot_stride);
-void cpu_attention(float *out, const float *q, const float *k_cache, const float *v_cache,
+void cpu_attention(backend *be, float *out, const float *q, const float *k_cache, const float *v_cache,
                    const int32_t *slot, const int32_t *pos, int n,
                    int n_heads, int n_kv_heads, int head_dim, int64_t slot_stride);
-void cpu_swiglu(float *out, const float *gate, const float *up, int64_t n);
-void cpu_add(float *x, const float *y, int64_t n);
-void cpu_router_topk(int32_t *expert, float *weight, const float *logits, int n, int n_experts, int k);
-void cpu_gather_rows(float *out, const float *x, const int32_t *rows, int n, int dim);
-void cpu_expert_ffn(float *out, const float *x, const int64_t *offsets, const expert_set *experts);
-void cpu_combine(float *out, const float *y, const int32_t *row, const float *weight, int n, int k, int dim);
-void cpu_argmax(int32_t *out, const float *logits, int n, int vocab);
+void cpu_swiglu(backend *be, float *out, const float *gate, const float *up, int64_t n);
+void cpu_add(backend *be, float *x, const float *y, int64_t n);
+void cpu_gather_rows(backend *be, float *out, const float *x, const int32_t *rows, int n, int dim);
+void cpu_argmax(backend *be, int32_t *out, const float *logits, int n, int vocab);
+void cpu_router_topk(backend *be, int32_t *expert, float *weight, const float *logits, int n, int n_experts, int k);
+void cpu_moe_plan(backend *be, int32_t *counts, int32_t *row_slot, int32_t *pair_slot, int64_t *tally,
+                  const int32_t *expert, int n, int k, const moe_map *map);
+void cpu_moe_pack(backend *be, void *send, const moe_layout *at, const float *x, const int32_t *expert,
+                  const int32_t *row_slot, const int32_t *pair_slot, const int32_t *counts,
+                  int n, int k, int d, const moe_map *map);
+void cpu_moe_group(backend *be, float *xe, int64_t *offsets, int32_t *ret_row, const void *recv,
+                   const moe_layout *at, const int64_t *ret_base, int n_src, int n_local, int d);
+void cpu_expert_ffn(backend *be, float *out, const float *x, const int64_t *offsets,
+                    const int64_t *offsets_host, int64_t max_rows, const expert_set *experts);
+void cpu_combine(backend *be, float *out, const float *y, const int32_t *expert, const int32_t *pair_slot,
+                 const float *weight, const int64_t *ret_base, int n, int k, int dim, const moe_map *map);

@@ -129,10 +129,10 @@ void cpu_matmul_rows(float *out, int64_t ldo, const float *x, int64_t ldx, int64
 // shared, so a static split waits on the slowest core); the split cannot change results.
 #define ROW_CHUNK 40   // a multiple of both tile heights (8 and 5)
 
-void cpu_matmul(float *out, const float *x, const weight_t *w, int n) {
+void cpu_matmul(backend *be, float *out, const float *x, const weight_t *w, int n) {
     if (n <= 0 || w->rows <= 0) return;
     int64_t rows = w->rows, chunks = (rows + ROW_CHUNK - 1) / ROW_CHUNK;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(cpu_threads()) if (chunks > 1)
+#pragma omp parallel for schedule(dynamic, 1) num_threads(cpu_threads(be)) if (chunks > 1)
     for (int64_t ch = 0; ch < chunks; ch++) {
         int64_t r0 = ch * ROW_CHUNK, r1 = r0 + ROW_CHUNK < rows ? r0 + ROW_CHUNK : rows;
         cpu_matmul_rows(out + r0, rows, x, w->cols, n, w, r0, r1);

@@ -1,5 +1,5 @@
-// MoE ops: router top-k, the gather that groups tokens by expert, the grouped expert FFN and
-// the combine that sums each token's expert outputs in a fixed order.
+// MoE ops: router top-k, the route plan, packing and grouping of the exchange's messages, the
+// grouped expert FFN and the combine that sums each token's expert outputs in a fixed order.
 #include "kernels/cpu/cpu_internal.h"
 
 #include <omp.h>
@@ -8,9 +8,9 @@
 // Softmax over E logits (max-subtracted, summed in expert order), top k by probability with
 // ties to the lower index (as torch.topk on Mixtral's softmax), renormalised over the kept
 // ones, written in ascending expert order.
-void cpu_router_topk(int32_t *expert, float *weight, const float *logits, int n, int n_experts, int k) {
+void cpu_router_topk(backend *be, int32_t *expert, float *weight, const float *logits, int n, int n_experts, int k) {
     CHECK(k >= 1 && k <= n_experts);
-    float *p = cpu_scratch(CPU_SCRATCH_ROUTER, (size_t)n_experts * (sizeof(float) + 1));
+    float *p = cpu_scratch(be, CPU_SCRATCH_ROUTER, (size_t)n_experts * (sizeof(float) + 1));
     unsigned char *kept = (unsigned char *)(p + n_experts);
     for (int i = 0; i < n; i++) {
         const float *l = logits + (size_t)i * n_experts;
@@ -43,10 +43,6 @@ void cpu_router_topk(int32_t *expert, float *weight, const float *logits, int n,
     }
 }
 
-void cpu_gather_rows(float *out, const float *x, const int32_t *rows, int n, int dim) {
-    for (int i = 0; i < n; i++)
-        memcpy(out + (size_t)i * dim, x + (size_t)rows[i] * dim, (size_t)dim * sizeof(float));
-}
 
 // ---------------------------------------------------------------------------- expert FFN
 // Work is a flat list of (expert, block of output rows) items shared by all threads, in two
@@ -63,7 +59,9 @@ static int64_t add_items(ffn_item *items, int64_t count, int e, int64_t rows) {
     return count;
 }
 
-void cpu_expert_ffn(float *out, const float *x, const int64_t *offsets, const expert_set *ex) {
+// Offsets are host memory here, so the host copy (if any) and max_rows add nothing.
+void cpu_expert_ffn(backend *be, float *out, const float *x, const int64_t *offsets,
+                    const int64_t *offsets_host, int64_t max_rows, const expert_set *ex) {
     int E = ex->n_experts;
     if (E <= 0 || offsets[E] <= offsets[0]) return;
     int64_t d = ex->w2[0].rows;
@@ -75,7 +73,7 @@ void cpu_expert_ffn(float *out, const float *x, const int64_t *offsets, const ex
         max_items += (ex->w1[e].rows + FFN_ROW_CHUNK - 1) / FFN_ROW_CHUNK + (d + FFN_ROW_CHUNK - 1) / FFN_ROW_CHUNK;
     size_t hoff_bytes = ((size_t)E + 1) * sizeof(size_t);
     hoff_bytes = (hoff_bytes + sizeof(ffn_item) - 1) / sizeof(ffn_item) * sizeof(ffn_item);
-    uint8_t *items = cpu_scratch(CPU_SCRATCH_FFN_ITEMS, hoff_bytes + ((size_t)max_items + 2) * sizeof(ffn_item));
+    uint8_t *items = cpu_scratch(be, CPU_SCRATCH_FFN_ITEMS, hoff_bytes + ((size_t)max_items + 2) * sizeof(ffn_item));
     size_t *hoff = (size_t *)items;
     int64_t n_up = 0, n_down = 0;
     hoff[0] = 0;
@@ -90,8 +88,8 @@ void cpu_expert_ffn(float *out, const float *x, const int64_t *offsets, const ex
             n_down += (d + FFN_ROW_CHUNK - 1) / FFN_ROW_CHUNK;
         }
     }
-    float *g = cpu_scratch(CPU_SCRATCH_FFN_G, hoff[E] * sizeof(float));
-    float *u = cpu_scratch(CPU_SCRATCH_FFN_U, hoff[E] * sizeof(float));
+    float *g = cpu_scratch(be, CPU_SCRATCH_FFN_G, hoff[E] * sizeof(float));
+    float *u = cpu_scratch(be, CPU_SCRATCH_FFN_U, hoff[E] * sizeof(float));
     ffn_item *up = (ffn_item *)(items + hoff_bytes), *down = up + n_up + 1;
     n_up = n_down = 0;
     for (int e = 0; e < E; e++) {
@@ -100,7 +98,7 @@ void cpu_expert_ffn(float *out, const float *x, const int64_t *offsets, const ex
         n_down = add_items(down, n_down, e, d);
     }
 
-#pragma omp parallel num_threads(cpu_threads())
+#pragma omp parallel num_threads(cpu_threads(be))
     {
 #pragma omp for schedule(dynamic, 1)
         for (int64_t it = 0; it < n_up; it++) {
@@ -126,14 +124,17 @@ void cpu_expert_ffn(float *out, const float *x, const int64_t *offsets, const ex
 }
 
 // ---------------------------------------------------------------------------- combine
-void cpu_combine(float *out, const float *y, const int32_t *row, const float *weight, int n, int k, int dim) {
-#pragma omp parallel for schedule(static) num_threads(cpu_threads()) if ((int64_t)n * k * dim > 65536)
+// o += w * y contracts to one fma per term (-ffp-contract=fast), from 0, in j order.
+void cpu_combine(backend *be, float *out, const float *y, const int32_t *expert, const int32_t *pair_slot,
+                 const float *weight, const int64_t *ret_base, int n, int k, int dim, const moe_map *map) {
+#pragma omp parallel for schedule(static) num_threads(cpu_threads(be)) if ((int64_t)n * k * dim > 65536)
     for (int t = 0; t < n; t++) {
         float *o = out + (size_t)t * dim;
         for (int c = 0; c < dim; c++) o[c] = 0.0f;
         for (int j = 0; j < k; j++) {
-            float w = weight[(size_t)t * k + j];
-            const float *yr = y + (size_t)row[(size_t)t * k + j] * dim;
+            size_t p = (size_t)t * k + j;
+            float w = weight[p];
+            const float *yr = y + (size_t)(ret_base[map->owner[expert[p]]] + pair_slot[p]) * dim;
             for (int c = 0; c < dim; c++) o[c] += w * yr[c];
         }
     }

@@ -2,8 +2,8 @@
 // fixed 16-lane scheme, so a row's result does not depend on the batch around it.
 #include "kernels/cpu/cpu_internal.h"
 
-void cpu_rmsnorm(float *out, const float *x, const float *w, int n, int dim, float eps) {
-#pragma omp parallel for schedule(static) num_threads(cpu_threads()) if ((int64_t)n * dim > 65536)
+void cpu_rmsnorm(backend *be, float *out, const float *x, const float *w, int n, int dim, float eps) {
+#pragma omp parallel for schedule(static) num_threads(cpu_threads(be)) if ((int64_t)n * dim > 65536)
     for (int i = 0; i < n; i++) {
         const float *xi = x + (size_t)i * dim;
         float *oi = out + (size_t)i * dim;

@@ -3,9 +3,9 @@
 // inverse frequencies, then cos and sin).
 #include "kernels/cpu/cpu_internal.h"
 
-void cpu_rope(float *x, int n, int n_heads, int head_dim, const int32_t *pos, const float *inv_freq) {
+void cpu_rope(backend *be, float *x, int n, int n_heads, int head_dim, const int32_t *pos, const float *inv_freq) {
     int half = head_dim / 2;
-#pragma omp parallel for schedule(static) num_threads(cpu_threads()) if (n > 1)
+#pragma omp parallel for schedule(static) num_threads(cpu_threads(be)) if (n > 1)
     for (int i = 0; i < n; i++) {
         // cos and sin once per token, shared by its heads (the stack keeps head_dim <= 1024).
         float c[512], s[512];

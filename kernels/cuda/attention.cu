@@ -34,14 +34,14 @@ __global__ void kv_write_kernel(float *kc, float *vc, const float *k, const floa
     }
 }
 
-void cuda_kv_write(float *k_cache, float *v_cache, const float *k, const float *v,
+void cuda_kv_write(backend *be, float *k_cache, float *v_cache, const float *k, const float *v,
                    const int32_t *slot, const int32_t *pos, int n, int kv_dim, int64_t slot_stride) {
+    cuda_ctx *cx = cuda_of(be);
     if (n <= 0) return;
-    const int32_t *d_slot = (const int32_t *)cuda_args(slot, (size_t)n * sizeof(int32_t));
-    const int32_t *d_pos = (const int32_t *)cuda_args(pos, (size_t)n * sizeof(int32_t));
+    const int32_t *d_slot = (const int32_t *)cuda_args(cx, slot, (size_t)n * sizeof(int32_t));
+    const int32_t *d_pos = (const int32_t *)cuda_args(cx, pos, (size_t)n * sizeof(int32_t));
     int64_t count = (int64_t)n * kv_dim;
-    unsigned g = grid_for(count, 256), cap = (unsigned)cuda_sm_count() * 16;
-    kv_write_kernel<<<g < cap ? g : cap, 256, 0, cuda_stream()>>>(k_cache, v_cache, k, v, d_slot, d_pos, kv_dim,
+    kv_write_kernel<<<grid_capped(cx, count, 256), 256, 0, cx->stream>>>(k_cache, v_cache, k, v, d_slot, d_pos, kv_dim,
                                                                   slot_stride, count);
     cudaCheckLaunch();
 }
@@ -77,7 +77,7 @@ __global__ void __launch_bounds__(ATT_THREADS) attention_kernel(const att_args a
     extern __shared__ float sm[];
     float *Q = sm, *K = Q + ATT_ROWS * hd, *V = K + ATT_TK * (hd + 1), *P = V + ATT_TK * hd;
     float *O = P + ATT_ROWS * (ATT_TK + 1), *M = O + ATT_ROWS * hd, *L = M + ATT_ROWS, *A = L + ATT_ROWS;
-    const int tid = threadIdx.x, lane = tid % WARP, warp = tid / WARP;
+    const int tid = threadIdx.x, lane = tid % WARP_LANES, warp = tid / WARP_LANES;
     const int q_dim = a.n_heads * hd;
 
     for (int i = tid; i < R * hd; i += ATT_THREADS) {
@@ -116,7 +116,7 @@ __global__ void __launch_bounds__(ATT_THREADS) attention_kernel(const att_args a
         }
         __syncthreads();
         // online softmax update: one warp per row, one lane per key
-        for (int r = warp; r < R; r += ATT_THREADS / WARP) {
+        for (int r = warp; r < R; r += ATT_THREADS / WARP_LANES) {
             float v = P[r * (ATT_TK + 1) + lane];
             float m_old = M[r], m_new = fmaxf(m_old, warp_max(v));
             float p = m_new == -INFINITY ? 0.0f : expf(v - m_new);
@@ -178,9 +178,10 @@ __global__ void attention_merge_kernel(const att_args a) {
     }
 }
 
-void cuda_attention(float *out, const float *q, const float *k_cache, const float *v_cache,
+void cuda_attention(backend *be, float *out, const float *q, const float *k_cache, const float *v_cache,
                     const int32_t *slot, const int32_t *pos, int n,
                     int n_heads, int n_kv_heads, int head_dim, int64_t slot_stride) {
+    cuda_ctx *cx = cuda_of(be);
     if (n <= 0) return;
     CHECK(n_kv_heads > 0 && n_heads % n_kv_heads == 0);
     int group = n_heads / n_kv_heads;
@@ -203,8 +204,8 @@ void cuda_attention(float *out, const float *q, const float *k_cache, const floa
     }
     // Split the keys when the tiles alone leave most of the GPU idle.
     int blocks = n_tiles * n_kv_heads, len = max_pos + 1, nsplit = 1;
-    if (blocks < 2 * cuda_sm_count() && len > 4 * ATT_TK) {
-        nsplit = (2 * cuda_sm_count() + blocks - 1) / blocks;
+    if (blocks < 2 * cx->sm_count && len > 4 * ATT_TK) {
+        nsplit = (2 * cx->sm_count + blocks - 1) / blocks;
         int by_len = (len + 4 * ATT_TK - 1) / (4 * ATT_TK);   // at least 4 chunks per split
         nsplit = nsplit < by_len ? nsplit : by_len;
         nsplit = nsplit < ATT_MAX_SPLIT ? nsplit : ATT_MAX_SPLIT;
@@ -219,8 +220,8 @@ void cuda_attention(float *out, const float *q, const float *k_cache, const floa
     a.q = q;
     a.kc = k_cache;
     a.vc = v_cache;
-    a.tiles = (const att_tile *)cuda_args(tiles, (size_t)n_tiles * sizeof(att_tile));
-    a.pos = (const int32_t *)cuda_args(pos, (size_t)n * sizeof(int32_t));
+    a.tiles = (const att_tile *)cuda_args(cx, tiles, (size_t)n_tiles * sizeof(att_tile));
+    a.pos = (const int32_t *)cuda_args(cx, pos, (size_t)n * sizeof(int32_t));
     a.n_heads = n_heads;
     a.n_kv_heads = n_kv_heads;
     a.group = group;
@@ -231,19 +232,18 @@ void cuda_attention(float *out, const float *q, const float *k_cache, const floa
     a.slot_stride = slot_stride;
     a.scale = 1.0f / sqrtf((float)head_dim);
     if (nsplit > 1)
-        a.partial = (float *)cuda_scratch(SCR_ATT, (size_t)blocks * nsplit * ATT_ROWS * (head_dim + 2) * sizeof(float));
+        a.partial = (float *)cuda_scratch(cx, SCR_ATT, (size_t)blocks * nsplit * ATT_ROWS * (head_dim + 2) * sizeof(float));
     free(tiles);
 
     size_t smem = att_smem_floats(head_dim) * sizeof(float);
-    static size_t smem_allowed = 48 << 10;
-    if (smem > smem_allowed) {
+    if (smem > cx->att_smem_allowed) {
         cudaCheck(cudaFuncSetAttribute(attention_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        smem_allowed = smem;
+        cx->att_smem_allowed = smem;
     }
-    attention_kernel<<<dim3(n_tiles, n_kv_heads, nsplit), ATT_THREADS, smem, cuda_stream()>>>(a);
+    attention_kernel<<<dim3(n_tiles, n_kv_heads, nsplit), ATT_THREADS, smem, cx->stream>>>(a);
     cudaCheckLaunch();
     if (nsplit > 1) {
-        attention_merge_kernel<<<dim3(n_tiles, n_kv_heads), 256, 0, cuda_stream()>>>(a);
+        attention_merge_kernel<<<dim3(n_tiles, n_kv_heads), 256, 0, cx->stream>>>(a);
         cudaCheckLaunch();
     }
 }

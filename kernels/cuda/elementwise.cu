@@ -1,14 +1,11 @@
 // The small ops: embedding lookup, row gather, swiglu, residual add, argmax, and the narrowing
-// of activations for cuBLASLt. Each output element depends on its own inputs only, so
+// of activations for cuBLAS. Each output element depends on its own inputs only, so
 // batching cannot change it.
 #include "kernels/cuda/cuda_common.cuh"
 
 // Grid-stride launches: enough blocks to fill the GPU, each thread looping over the rest.
 #define EW_THREADS 256
-static unsigned ew_grid(int64_t count) {
-    unsigned g = grid_for(count, EW_THREADS), cap = (unsigned)cuda_sm_count() * 16;
-    return g < cap ? g : cap;
-}
+#define ew_grid(count) grid_capped(cx, (count), EW_THREADS)
 
 // ---------------------------------------------------------------------------- embed, gather
 __global__ void embed_kernel(float *out, const void *table, dtype_t dt, int64_t ld, int64_t cols,
@@ -19,28 +16,31 @@ __global__ void embed_kernel(float *out, const void *table, dtype_t dt, int64_t 
     }
 }
 
-void cuda_embed(float *out, const weight_t *table, const int32_t *ids, int n) {
+void cuda_embed(backend *be, float *out, const weight_t *table, const int32_t *ids, int n) {
+    cuda_ctx *cx = cuda_of(be);
     if (n <= 0) return;
     for (int i = 0; i < n; i++) CHECK(ids[i] >= 0 && ids[i] < table->rows);
-    const int32_t *d_ids = (const int32_t *)cuda_args(ids, (size_t)n * sizeof(int32_t));
+    const int32_t *d_ids = (const int32_t *)cuda_args(cx, ids, (size_t)n * sizeof(int32_t));
     int64_t count = (int64_t)n * table->cols;
-    embed_kernel<<<ew_grid(count), EW_THREADS, 0, cuda_stream()>>>(out, table->data, table->dtype, table->ld,
+    embed_kernel<<<ew_grid(count), EW_THREADS, 0, cx->stream>>>(out, table->data, table->dtype, table->ld,
                                                                   table->cols, d_ids, count);
     cudaCheckLaunch();
 }
 
+// rows in device memory; a negative row leaves its output row as it is.
 __global__ void gather_rows_kernel(float *out, const float *x, const int32_t *rows, int dim, int64_t count) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < count; i += (int64_t)gridDim.x * blockDim.x) {
         int64_t t = i / dim, c = i % dim;
-        out[i] = x[(int64_t)rows[t] * dim + c];
+        int32_t r = rows[t];
+        if (r >= 0) out[i] = x[(int64_t)r * dim + c];
     }
 }
 
-void cuda_gather_rows(float *out, const float *x, const int32_t *rows, int n, int dim) {
+void cuda_gather_rows(backend *be, float *out, const float *x, const int32_t *rows, int n, int dim) {
+    cuda_ctx *cx = cuda_of(be);
     if (n <= 0 || dim <= 0) return;
-    const int32_t *d_rows = (const int32_t *)cuda_args(rows, (size_t)n * sizeof(int32_t));
     int64_t count = (int64_t)n * dim;
-    gather_rows_kernel<<<ew_grid(count), EW_THREADS, 0, cuda_stream()>>>(out, x, d_rows, dim, count);
+    gather_rows_kernel<<<ew_grid(count), EW_THREADS, 0, cx->stream>>>(out, x, rows, dim, count);
     cudaCheckLaunch();
 }
 
@@ -53,9 +53,10 @@ __global__ void swiglu_kernel(float *out, const float *gate, const float *up, in
     }
 }
 
-void cuda_swiglu(float *out, const float *gate, const float *up, int64_t n) {
+void cuda_swiglu(backend *be, float *out, const float *gate, const float *up, int64_t n) {
+    cuda_ctx *cx = cuda_of(be);
     if (n <= 0) return;
-    swiglu_kernel<<<ew_grid(n), EW_THREADS, 0, cuda_stream()>>>(out, gate, up, n);
+    swiglu_kernel<<<ew_grid(n), EW_THREADS, 0, cx->stream>>>(out, gate, up, n);
     cudaCheckLaunch();
 }
 
@@ -64,9 +65,10 @@ __global__ void add_kernel(float *x, const float *y, int64_t n) {
         x[i] += y[i];
 }
 
-void cuda_add(float *x, const float *y, int64_t n) {
+void cuda_add(backend *be, float *x, const float *y, int64_t n) {
+    cuda_ctx *cx = cuda_of(be);
     if (n <= 0) return;
-    add_kernel<<<ew_grid(n), EW_THREADS, 0, cuda_stream()>>>(x, y, n);
+    add_kernel<<<ew_grid(n), EW_THREADS, 0, cx->stream>>>(x, y, n);
     cudaCheckLaunch();
 }
 
@@ -80,11 +82,11 @@ __global__ void narrow_f16_kernel(__half *dst, const float *src, int64_t n) {
         dst[i] = __float2half_rn(src[i]);
 }
 
-void cuda_narrow(void *dst, dtype_t dt, const float *src, int64_t count) {
+void cuda_narrow(cuda_ctx *cx, void *dst, dtype_t dt, const float *src, int64_t count) {
     if (count <= 0) return;
-    if (dt == DT_BF16) narrow_bf16_kernel<<<ew_grid(count), EW_THREADS, 0, cuda_stream()>>>((__nv_bfloat16 *)dst, src, count);
-    else if (dt == DT_F16) narrow_f16_kernel<<<ew_grid(count), EW_THREADS, 0, cuda_stream()>>>((__half *)dst, src, count);
-    else cudaCheck(cudaMemcpyAsync(dst, src, (size_t)count * sizeof(float), cudaMemcpyDeviceToDevice, cuda_stream()));
+    if (dt == DT_BF16) narrow_bf16_kernel<<<ew_grid(count), EW_THREADS, 0, cx->stream>>>((__nv_bfloat16 *)dst, src, count);
+    else if (dt == DT_F16) narrow_f16_kernel<<<ew_grid(count), EW_THREADS, 0, cx->stream>>>((__half *)dst, src, count);
+    else cudaCheck(cudaMemcpyAsync(dst, src, (size_t)count * sizeof(float), cudaMemcpyDeviceToDevice, cx->stream));
     cudaCheckLaunch();
 }
 
@@ -117,11 +119,12 @@ __global__ void argmax_kernel(int32_t *out, const float *logits, int vocab) {
     if (threadIdx.x == 0) out[blockIdx.x] = si[0] < 0 ? 0 : si[0];
 }
 
-// out is host memory, like the router's outputs: the caller reads it at once.
-void cuda_argmax(int32_t *out, const float *logits, int n, int vocab) {
+// out is host memory: the caller reads it at once.
+void cuda_argmax(backend *be, int32_t *out, const float *logits, int n, int vocab) {
+    cuda_ctx *cx = cuda_of(be);
     if (n <= 0) return;
-    int32_t *d_out = (int32_t *)cuda_scratch(SCR_SMALL_OUT, (size_t)n * sizeof(int32_t));
-    argmax_kernel<<<n, ARGMAX_THREADS, 0, cuda_stream()>>>(d_out, logits, vocab);
+    int32_t *d_out = (int32_t *)cuda_scratch(cx, SCR_SMALL_OUT, (size_t)n * sizeof(int32_t));
+    argmax_kernel<<<n, ARGMAX_THREADS, 0, cx->stream>>>(d_out, logits, vocab);
     cudaCheckLaunch();
-    cuda_download_now(out, d_out, (size_t)n * sizeof(int32_t));
+    cuda_download_now(cx, out, d_out, (size_t)n * sizeof(int32_t));
 }

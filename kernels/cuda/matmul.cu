@@ -16,7 +16,7 @@
 
 // ---------------------------------------------------------------------------- GEMV kernel
 #define GEMV_WARPS 8
-#define GEMV_THREADS (GEMV_WARPS * WARP)
+#define GEMV_THREADS (GEMV_WARPS * WARP_LANES)
 #define GEMV_MAX_JOBS 16   // jobs passed by value in one launch
 
 typedef struct { gemv_job job[GEMV_MAX_JOBS]; int n_jobs; } gemv_launch;
@@ -68,9 +68,9 @@ static __device__ __forceinline__ void gemv_row(float *acc, const WT *wr, const 
 #pragma unroll
     for (int t = 0; t < NT; t++) xt[t] = J.x + (int64_t)(t < J.n ? t : J.n - 1) * J.ldx;
     if (J.vec) {
-        const int64_t step = (int64_t)J.ksplit * WARP * V;
+        const int64_t step = (int64_t)J.ksplit * WARP_LANES * V;
 #pragma unroll 4
-        for (int64_t c = ((int64_t)part * WARP + lane) * V; c < J.cols; c += step) {
+        for (int64_t c = ((int64_t)part * WARP_LANES + lane) * V; c < J.cols; c += step) {
             float w[V];
             wvec<WT>::load(wr + c, w);
 #pragma unroll
@@ -86,7 +86,7 @@ static __device__ __forceinline__ void gemv_row(float *acc, const WT *wr, const 
             }
         }
     } else {
-        for (int64_t c = (int64_t)part * WARP + lane; c < J.cols; c += (int64_t)J.ksplit * WARP) {
+        for (int64_t c = (int64_t)part * WARP_LANES + lane; c < J.cols; c += (int64_t)J.ksplit * WARP_LANES) {
             float w = wscalar(wr + c);
 #pragma unroll
             for (int t = 0; t < NT; t++) acc[t] = fmaf(w, xt[t][c], acc[t]);
@@ -94,24 +94,22 @@ static __device__ __forceinline__ void gemv_row(float *acc, const WT *wr, const 
     }
 }
 
-// One launch over a list of jobs: block b belongs to the last job whose first_block <= b.
-// Block = GEMV_WARPS warps = GEMV_WARPS / ksplit rows; the ksplit warps of a row add their
-// partial sums in warp order.
+// Tokens x[0 .. n) of a job through the block's rows (all threads of the block call it).
 template <typename WT, int NT, bool SWIGLU>
-__global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const __grid_constant__ gemv_launch L) {
-    int j = 0;
-    while (j + 1 < L.n_jobs && L.job[j + 1].first_block <= (int)blockIdx.x) j++;
-    const gemv_job &J = L.job[j];
-    int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+static __device__ __forceinline__ void gemv_block(const gemv_job &J, const float *x, float *out, int n) {
+    int warp = threadIdx.x / WARP_LANES, lane = threadIdx.x % WARP_LANES;
     int rows_per_block = GEMV_WARPS / J.ksplit;
     int64_t r = (int64_t)((int)blockIdx.x - J.first_block) * rows_per_block + warp / J.ksplit;
     int part = warp % J.ksplit;
+    gemv_job T = J;   // this chunk of tokens
+    T.x = x;
+    T.n = n;
     float acc[NT], acc_up[NT];
 #pragma unroll
     for (int t = 0; t < NT; t++) acc[t] = acc_up[t] = 0.0f;
     if (r < J.rows) {
-        gemv_row<WT, NT>(acc, (const WT *)J.w + r * J.ld, J, part, lane);
-        if (SWIGLU) gemv_row<WT, NT>(acc_up, (const WT *)J.w_up + r * J.ld_up, J, part, lane);
+        gemv_row<WT, NT>(acc, (const WT *)J.w + r * J.ld, T, part, lane);
+        if (SWIGLU) gemv_row<WT, NT>(acc_up, (const WT *)J.w_up + r * J.ld_up, T, part, lane);
     }
     __shared__ float red[GEMV_WARPS][NT], red_up[GEMV_WARPS][NT];
 #pragma unroll
@@ -124,21 +122,39 @@ __global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const __grid_constan
         }
     }
     __syncthreads();
-    if (part == 0 && r < J.rows && lane < J.n) {
+    if (part == 0 && r < J.rows && lane < n) {
         float g = 0.0f, u = 0.0f;
         for (int p = 0; p < J.ksplit; p++) {
             g += red[warp + p][lane];
             if (SWIGLU) u += red_up[warp + p][lane];
         }
         if (SWIGLU) g = g / (1.0f + expf(-g)) * u;   // as swiglu_kernel
-        J.out[(int64_t)lane * J.ldo + r] = g;
+        out[(int64_t)lane * J.ldo + r] = g;
     }
+    __syncthreads();   // red is reused by the next chunk
+}
+
+// One launch over a list of jobs: block b belongs to the last job whose first_block <= b.
+// Block = GEMV_WARPS warps = GEMV_WARPS / ksplit rows; the ksplit warps of a row add their
+// partial sums in warp order. A job with device row bounds loops over its tokens in chunks.
+template <typename WT, int NT, bool SWIGLU>
+__global__ void __launch_bounds__(GEMV_THREADS) gemv_kernel(const __grid_constant__ gemv_launch L) {
+    int j = 0;
+    while (j + 1 < L.n_jobs && L.job[j + 1].first_block <= (int)blockIdx.x) j++;
+    const gemv_job &J = L.job[j];
+    if (!J.row0) {
+        gemv_block<WT, NT, SWIGLU>(J, J.x, J.out, J.n);
+        return;
+    }
+    int64_t r0 = *J.row0, r1 = *J.row1;
+    for (int64_t t = r0; t < r1; t += NT)
+        gemv_block<WT, NT, SWIGLU>(J, J.x + t * J.ldx, J.out + t * J.ldo, (int)(r1 - t < NT ? r1 - t : NT));
 }
 
 static int aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
 int gemv_job_prepare(gemv_job *j, dtype_t dt) {
-    CHECK(j->n >= 1 && j->n <= GEMV_MAX_TOKENS);
+    CHECK(j->row0 || (j->n >= 1 && j->n <= GEMV_MAX_TOKENS));
     // Few rows: split each row's columns over more warps to keep enough loads in flight.
     j->ksplit = j->rows >= 8192 ? 1 : j->rows >= 2048 ? 2 : 4;
     int v = dt == DT_F32 ? 4 : 8;
@@ -148,8 +164,7 @@ int gemv_job_prepare(gemv_job *j, dtype_t dt) {
 }
 
 template <typename WT, bool SWIGLU>
-static void gemv_launch_nt(const gemv_launch &L, int blocks, int nt) {
-    cudaStream_t s = cuda_stream();
+static void gemv_launch_nt(cudaStream_t s, const gemv_launch &L, int blocks, int nt) {
     if (nt == 1) gemv_kernel<WT, 1, SWIGLU><<<blocks, GEMV_THREADS, 0, s>>>(L);
     else if (nt == 2) gemv_kernel<WT, 2, SWIGLU><<<blocks, GEMV_THREADS, 0, s>>>(L);
     else if (nt <= 4) gemv_kernel<WT, 4, SWIGLU><<<blocks, GEMV_THREADS, 0, s>>>(L);
@@ -158,12 +173,12 @@ static void gemv_launch_nt(const gemv_launch &L, int blocks, int nt) {
 }
 
 template <typename WT>
-static void gemv_launch_dt(const gemv_launch &L, int blocks, int nt, int swiglu) {
-    if (swiglu) gemv_launch_nt<WT, true>(L, blocks, nt);
-    else gemv_launch_nt<WT, false>(L, blocks, nt);
+static void gemv_launch_dt(cudaStream_t s, const gemv_launch &L, int blocks, int nt, int swiglu) {
+    if (swiglu) gemv_launch_nt<WT, true>(s, L, blocks, nt);
+    else gemv_launch_nt<WT, false>(s, L, blocks, nt);
 }
 
-void gemv_run(gemv_job *jobs, int n_jobs, dtype_t dt, int swiglu) {
+void gemv_run(cuda_ctx *cx, gemv_job *jobs, int n_jobs, dtype_t dt, int swiglu) {
     for (int j0 = 0; j0 < n_jobs; j0 += GEMV_MAX_JOBS) {
         gemv_launch L;
         memset(&L, 0, sizeof L);
@@ -173,13 +188,14 @@ void gemv_run(gemv_job *jobs, int n_jobs, dtype_t dt, int swiglu) {
             int b = gemv_job_prepare(J, dt);
             J->first_block = blocks;
             blocks += b;
-            if (J->n > nt) nt = J->n;
+            int jn = J->row0 ? GEMV_MAX_TOKENS : J->n;   // device counts: chunks of the most tokens
+            if (jn > nt) nt = jn;
             L.job[L.n_jobs++] = *J;
         }
         if (!blocks) continue;
-        if (dt == DT_BF16) gemv_launch_dt<__nv_bfloat16>(L, blocks, nt, swiglu);
-        else if (dt == DT_F16) gemv_launch_dt<__half>(L, blocks, nt, swiglu);
-        else gemv_launch_dt<float>(L, blocks, nt, swiglu);
+        if (dt == DT_BF16) gemv_launch_dt<__nv_bfloat16>(cx->stream, L, blocks, nt, swiglu);
+        else if (dt == DT_F16) gemv_launch_dt<__half>(cx->stream, L, blocks, nt, swiglu);
+        else gemv_launch_dt<float>(cx->stream, L, blocks, nt, swiglu);
     }
 }
 
@@ -204,9 +220,18 @@ typedef struct {
     cublasLtMatmulAlgo_t algo;
 } lt_entry;
 
-static lt_entry *lt_cache;
-static int lt_cache_used;
-static void *lt_workspace;
+struct lt_plans {
+    lt_entry *entry;         // [LT_CACHE]
+    int used;
+    void *workspace;
+};
+
+lt_plans *lt_plans_new(void) {
+    lt_plans *p = (lt_plans *)xcalloc(1, sizeof *p);
+    p->entry = (lt_entry *)xcalloc(LT_CACHE, sizeof(lt_entry));
+    cudaCheck(cudaMalloc(&p->workspace, LT_WORKSPACE));
+    return p;
+}
 
 static int align_of(const void *p) {   // capped at 16 bytes: see the top of this file
     uintptr_t a = (uintptr_t)p;
@@ -229,24 +254,36 @@ static void lt_entry_free(lt_entry *e) {
     e->used = 0;
 }
 
-static cudaDataType_t cuda_type(dtype_t dt) {
+void lt_plans_free(lt_plans *p) {
+    if (!p) return;
+    for (int i = 0; i < LT_CACHE; i++) lt_entry_free(&p->entry[i]);
+    cudaFree(p->workspace);
+    free(p->entry);
+    free(p);
+}
+
+cudaDataType_t cuda_type(dtype_t dt) {
     return dt == DT_BF16 ? CUDA_R_16BF : dt == DT_F16 ? CUDA_R_16F : CUDA_R_32F;
 }
 
-static lt_entry *lt_plan(const lt_key *k) {
-    if (!lt_cache) {
-        lt_cache = (lt_entry *)xcalloc(LT_CACHE, sizeof(lt_entry));
-        cudaCheck(cudaMalloc(&lt_workspace, LT_WORKSPACE));
-    }
+static void lt_describe(char *buf, size_t len, const lt_key *k) {
+    snprintf(buf, len, "out[%lld x %lld] (ld %lld, f32, align %d) = act[%lld x %lld] (ld %lld, %s, align %d) . W^T, "
+             "W [%lld x %lld] (ld %lld, %s, align %d)", (long long)k->n, (long long)k->rows, (long long)k->ldo, k->align_o,
+             (long long)k->n, (long long)k->cols, (long long)k->lda, dtype_name((dtype_t)k->dtype), k->align_a,
+             (long long)k->rows, (long long)k->cols, (long long)k->ld, dtype_name((dtype_t)k->dtype), k->align_w);
+}
+
+static lt_entry *lt_plan(cuda_ctx *cx, const lt_key *k) {
+    lt_plans *p = cx->plans;
     // Open addressing; a full table is emptied (shapes repeat: it refills at once).
-    if (lt_cache_used >= LT_CACHE * 3 / 4) {
-        for (int i = 0; i < LT_CACHE; i++) lt_entry_free(&lt_cache[i]);
-        lt_cache_used = 0;
+    if (p->used >= LT_CACHE * 3 / 4) {
+        for (int i = 0; i < LT_CACHE; i++) lt_entry_free(&p->entry[i]);
+        p->used = 0;
     }
     uint64_t h = lt_hash(k);
     lt_entry *e = NULL;
     for (int i = 0; i < LT_CACHE; i++) {
-        lt_entry *c = &lt_cache[(h + i) % LT_CACHE];
+        lt_entry *c = &p->entry[(h + i) % LT_CACHE];
         if (c->used && !memcmp(&c->key, k, sizeof *k)) return c;
         if (!c->used) { e = c; break; }
     }
@@ -273,22 +310,23 @@ static lt_entry *lt_plan(const lt_key *k) {
     cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ao, sizeof ao));
     cublasLtMatmulHeuristicResult_t res;
     int found = 0;
-    cublasCheck(cublasLtMatmulAlgoGetHeuristic(cuda_lt(), e->op, e->lw, e->la, e->lo, e->lo, pref, 1, &res, &found));
+    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(cx->lt, e->op, e->lw, e->la, e->lo, e->lo, pref, 1, &res, &found);
     cublasLtMatmulPreferenceDestroy(pref);
-    if (!found)
-        die("cuBLASLt: no algorithm for %s [%lld x %lld] (ld %lld) times %lld rows (ld %lld) into ld %lld",
-            dtype_name((dtype_t)k->dtype), (long long)k->rows, (long long)k->cols, (long long)k->ld,
-            (long long)k->n, (long long)k->lda, (long long)k->ldo);
+    if (st != CUBLAS_STATUS_SUCCESS || !found) {
+        char what[512];
+        lt_describe(what, sizeof what, k);
+        die("cuBLASLt matmul heuristic: %s for %s", st != CUBLAS_STATUS_SUCCESS ? cublasGetStatusString(st) : "no algorithm", what);
+    }
     e->algo = res.algo;
     e->used = 1;
-    lt_cache_used++;
+    p->used++;
     return e;
 }
 
-void lt_gemm(float *out, int64_t ldo, const void *act, int64_t lda, const weight_t *w, int64_t n) {
+void lt_gemm(cuda_ctx *cx, float *out, int64_t ldo, const void *act, int64_t lda, const weight_t *w, int64_t n) {
     if (n <= 0 || w->rows <= 0) return;
     if (w->cols <= 0) {   // an empty sum
-        cudaCheck(cudaMemset2DAsync(out, (size_t)ldo * sizeof(float), 0, (size_t)w->rows * sizeof(float), (size_t)n, cuda_stream()));
+        cudaCheck(cudaMemset2DAsync(out, (size_t)ldo * sizeof(float), 0, (size_t)w->rows * sizeof(float), (size_t)n, cx->stream));
         return;
     }
     lt_key k;
@@ -296,28 +334,34 @@ void lt_gemm(float *out, int64_t ldo, const void *act, int64_t lda, const weight
     k.rows = w->rows; k.cols = w->cols; k.n = n; k.ld = w->ld; k.lda = lda; k.ldo = ldo;
     k.dtype = (int)w->dtype;
     k.align_w = align_of(w->data); k.align_a = align_of(act); k.align_o = align_of(out);
-    lt_entry *e = lt_plan(&k);
+    lt_entry *e = lt_plan(cx, &k);
     const float one = 1.0f, zero = 0.0f;
-    cublasCheck(cublasLtMatmul(cuda_lt(), e->op, &one, w->data, e->lw, act, e->la, &zero, out, e->lo, out, e->lo,
-                               &e->algo, lt_workspace, LT_WORKSPACE, cuda_stream()));
+    cublasStatus_t st = cublasLtMatmul(cx->lt, e->op, &one, w->data, e->lw, act, e->la, &zero, out, e->lo, out, e->lo,
+                                       &e->algo, cx->plans->workspace, LT_WORKSPACE, cx->stream);
+    if (st != CUBLAS_STATUS_SUCCESS) {
+        char what[512];
+        lt_describe(what, sizeof what, &k);
+        die("cuBLASLt matmul: %s for %s", cublasGetStatusString(st), what);
+    }
 }
 
 // ---------------------------------------------------------------------------- the op
-void cuda_matmul(float *out, const float *x, const weight_t *w, int n) {
+void cuda_matmul(backend *be, float *out, const float *x, const weight_t *w, int n) {
+    cuda_ctx *cx = cuda_of(be);
     if (n <= 0 || w->rows <= 0) return;
     if (n <= GEMV_MAX_TOKENS) {
         gemv_job j;
         memset(&j, 0, sizeof j);
         j.w = w->data; j.ld = w->ld; j.rows = w->rows; j.cols = w->cols;
         j.x = x; j.ldx = w->cols; j.out = out; j.ldo = w->rows; j.n = n;
-        gemv_run(&j, 1, w->dtype, 0);
+        gemv_run(cx, &j, 1, w->dtype, 0);
         return;
     }
     const void *act = x;
     if (w->dtype != DT_F32) {
-        void *a16 = cuda_scratch(SCR_ACT16, (size_t)n * (size_t)w->cols * 2);
-        cuda_narrow(a16, w->dtype, x, (int64_t)n * w->cols);
+        void *a16 = cuda_scratch(cx, SCR_ACT16, (size_t)n * (size_t)w->cols * 2);
+        cuda_narrow(cx, a16, w->dtype, x, (int64_t)n * w->cols);
         act = a16;
     }
-    lt_gemm(out, w->rows, act, w->cols, w, n);
+    lt_gemm(cx, out, w->rows, act, w->cols, w, n);
 }

@@ -18,13 +18,13 @@ __global__ void rope_kernel(float *x, const int32_t *pos, const float *inv_freq,
     }
 }
 
-void cuda_rope(float *x, int n, int n_heads, int head_dim, const int32_t *pos, const float *inv_freq) {
+void cuda_rope(backend *be, float *x, int n, int n_heads, int head_dim, const int32_t *pos, const float *inv_freq) {
+    cuda_ctx *cx = cuda_of(be);
     if (n <= 0) return;
     int half = head_dim / 2;
-    const int32_t *d_pos = (const int32_t *)cuda_args(pos, (size_t)n * sizeof(int32_t));
-    const float *d_freq = (const float *)cuda_args(inv_freq, (size_t)half * sizeof(float));
+    const int32_t *d_pos = (const int32_t *)cuda_args(cx, pos, (size_t)n * sizeof(int32_t));
+    const float *d_freq = (const float *)cuda_args(cx, inv_freq, (size_t)half * sizeof(float));
     int64_t count = (int64_t)n * n_heads * half;
-    unsigned g = grid_for(count, 256), cap = (unsigned)cuda_sm_count() * 16;
-    rope_kernel<<<g < cap ? g : cap, 256, 0, cuda_stream()>>>(x, d_pos, d_freq, n_heads, head_dim, count);
+    rope_kernel<<<grid_capped(cx, count, 256), 256, 0, cx->stream>>>(x, d_pos, d_freq, n_heads, head_dim, count);
     cudaCheckLaunch();
 }

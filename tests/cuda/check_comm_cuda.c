@@ -1,7 +1,7 @@
-// The CUDA transports under mpirun: the MPI transport carrying device buffers (staged through
-// pinned host memory, any number of ranks on one GPU) and NCCL (device buffers; one rank per
-// GPU unless NCCL allows more), with uneven message sizes including empty ones, counts
-// exchange and reductions. Rank 0 prints one line per check and a summary; exit status 1 on
+// The CUDA transports under mpirun: MPI carrying device buffers (comm_device_new: directly on a
+// CUDA-aware MPI, else staged through pinned host memory; any number of ranks on one GPU) and
+// NCCL (device buffers; one rank per GPU unless NCCL allows more), with uneven message sizes
+// including empty ones, counts exchange and reductions. Rank 0 prints one line per check and a summary; exit status 1 on
 // any mismatch.
 //   mpirun -np P check_comm_cuda [mpi|nccl|both]
 #include <string.h>
@@ -14,7 +14,7 @@
 static size_t msg_bytes(int s, int r) { return (size_t)((s * 7 + r * 3) % 5) * 1000 + (s == r ? 8 : 0); }
 static unsigned char pattern(int s, int r, size_t i) { return (unsigned char)(s * 31 + r * 17 + i * 7); }
 
-static int check_alltoallv(comm *c, const backend *be, const char *what) {
+static int check_alltoallv(comm *c, backend *be, const char *what) {
     int P = c->size, me = c->rank, bad = 0;
     size_t *sb = xcalloc(P, sizeof(size_t)), *sd = xcalloc(P, sizeof(size_t));
     size_t *rb = xcalloc(P, sizeof(size_t)), *rd = xcalloc(P, sizeof(size_t)), st = 0, rt = 0;
@@ -25,17 +25,17 @@ static int check_alltoallv(comm *c, const backend *be, const char *what) {
     unsigned char *hs = xmalloc(st + 1), *hr = xmalloc(rt + 1);
     for (int p = 0; p < P; p++)
         for (size_t i = 0; i < sb[p]; i++) hs[sd[p] + i] = pattern(me, p, i);
-    void *ds = be->alloc(st + 1), *dr = be->alloc(rt + 1);
-    be->upload(ds, hs, st);
+    void *ds = be->alloc(be, st + 1), *dr = be->alloc(be, rt + 1);
+    be->upload(be, ds, hs, st);
     if (c->alltoallv(c, ds, sb, sd, dr, rb, rd) != 0) bad = 1;
-    be->download(hr, dr, rt);
+    be->download(be, hr, dr, rt);
     for (int p = 0; p < P && !bad; p++)
         for (size_t i = 0; i < rb[p]; i++)
             if (hr[rd[p] + i] != pattern(p, me, i)) { bad = 1; break; }
     int64_t total[1] = {bad};
     c->allreduce_sum_i64(c, total, 1);
     if (me == 0) printf("%-44s %s\n", what, total[0] ? "FAIL" : "ok");
-    be->free(ds); be->free(dr);
+    be->free(be, ds); be->free(be, dr);
     free(hs); free(hr); free(sb); free(sd); free(rb); free(rd);
     return total[0] != 0;
 }
@@ -57,29 +57,6 @@ static int check_small(comm *c, const char *what) {
     return total[0] != 0;
 }
 
-// Host buffers through a transport (the dispatch's view of NCCL behind comm_staged_new).
-static int check_alltoallv_host(comm *h, const char *what) {
-    int P = h->size, rank = h->rank;
-    size_t *sb = xcalloc(P, sizeof(size_t)), *sd = xcalloc(P, sizeof(size_t));
-    size_t *rb = xcalloc(P, sizeof(size_t)), *rd = xcalloc(P, sizeof(size_t)), st = 0, rt = 0;
-    for (int p = 0; p < P; p++) {
-        sb[p] = msg_bytes(rank, p); sd[p] = st; st += sb[p];
-        rb[p] = msg_bytes(p, rank); rd[p] = rt; rt += rb[p];
-    }
-    unsigned char *hs = xmalloc(st + 1), *hr = xmalloc(rt + 1);
-    for (int p = 0; p < P; p++)
-        for (size_t i = 0; i < sb[p]; i++) hs[sd[p] + i] = pattern(rank, p, i);
-    int bad = h->alltoallv(h, hs, sb, sd, hr, rb, rd) != 0;
-    for (int p = 0; p < P && !bad; p++)
-        for (size_t i = 0; i < rb[p]; i++)
-            if (hr[rd[p] + i] != pattern(p, rank, i)) { bad = 1; break; }
-    int64_t total[1] = {bad};
-    h->allreduce_sum_i64(h, total, 1);
-    if (rank == 0) printf("%-44s %s\n", what, total[0] ? "FAIL" : "ok");
-    free(hs); free(hr); free(sb); free(sd); free(rb); free(rd);
-    return total[0] != 0;
-}
-
 int main(int argc, char **argv) {
     comm *mpi = comm_mpi_init(&argc, &argv);
     const char *which = argc > 1 ? argv[1] : "mpi";
@@ -90,33 +67,21 @@ int main(int argc, char **argv) {
         mpi->free(mpi);
         return 77;
     }
-    cuda_select_device(mpi->local_rank % n_gpus);
-    const backend *be = backend_cuda();
+    backend_options o = {.device = mpi->local_rank % n_gpus};
+    llamoe_err err;
+    backend *be = backend_cuda_new(&o, &err);
+    if (!be) die("%s", err.msg);
     int failed = 0, passed = 0, P = mpi->size, b;
     char what[96];
-    comm *c;
-    if (!strcmp(which, "mpi")) {
-        c = comm_staged_new(mpi, backend_cuda_stream());   // device buffers over MPI
-        snprintf(what, sizeof what, "mpi+staged alltoallv (device), %d ranks", P);
-        b = check_alltoallv(c, be, what);
-        failed += b; passed += !b;
-        snprintf(what, sizeof what, "mpi+staged counts/reductions, %d ranks", P);
-        b = check_small(c, what);
-        failed += b; passed += !b;
-    } else {
-        comm *n = comm_nccl_new(mpi, backend_cuda_stream());
-        snprintf(what, sizeof what, "nccl alltoallv (device), %d ranks", P);
-        b = check_alltoallv(n, be, what);
-        failed += b; passed += !b;
-        snprintf(what, sizeof what, "nccl counts/reductions, %d ranks", P);
-        b = check_small(n, what);
-        failed += b; passed += !b;
-        c = comm_staged_new(n, backend_cuda_stream());
-        snprintf(what, sizeof what, "nccl+staged alltoallv (host), %d ranks", P);
-        b = check_alltoallv_host(c, what);
-        failed += b; passed += !b;
-    }
+    comm *c = !strcmp(which, "mpi") ? comm_device_new(mpi, backend_cuda_stream(be)) : comm_nccl_new(mpi, backend_cuda_stream(be));
+    snprintf(what, sizeof what, "%s alltoallv (device), %d ranks", c->name, P);
+    b = check_alltoallv(c, be, what);
+    failed += b; passed += !b;
+    snprintf(what, sizeof what, "%s counts/reductions, %d ranks", c->name, P);
+    b = check_small(c, what);
+    failed += b; passed += !b;
     if (c->rank == 0) printf("comm_cuda: %d passed, %d failed\n", passed, failed);
     c->free(c);   // frees the chain down to MPI (MPI_Finalize)
+    backend_free(be);
     return failed ? 1 : 0;
 }

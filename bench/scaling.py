@@ -614,7 +614,7 @@ def plots(out, rows, preds, model):
                         fh.write(f'{1e6 * v["published_s"]:.3f} {1e6 * v["modelled_s"]:.3f}\n')
                 fh.write("\n\n")
         script += [f'set output "{os.path.join(out, "a2a_validation.png")}"',
-                   'set title "All-to-all time: MODELLED (fitted links) against PUBLISHED, µs; lines: equal and ±25 %"',
+                   'set title "All-to-all time, MODELLED (fitted links) against PUBLISHED, µs; lines: equal, ±25 %. DeepEP normal: its bytes at the published bandwidth"',
                    "set xlabel 'published µs'", "set ylabel 'modelled µs'", "set logscale xy", "set key inside top left",
                    "set xrange [10:10000]", "set yrange [10:10000]",
                    f'plot for [i=0:{len(fams) - 1}] "{f}" index i using 1:2 with points pt 7 ps 1.3 lc i+1 title columnheader(1), '

@@ -666,14 +666,13 @@ def links_markdown(model, src_rel):
     node = [v for v in fitpts if v["ranks"] <= lk["gpus_per_node"]]
     net = [v for v in fitpts if v["ranks"] > lk["gpus_per_node"]]
     c = pub["constants"]
-    rows = [
-        ["a_node", us(lk["a_node"]), f"fit, {len(node)} point(s): NCCL all-to-all of "
-         f"{node[0]['bytes'] / 1e6:.2f} MB per rank at P = {', '.join(str(v['ranks']) for v in node)}" if node else "fit",
-         cite(node[0]["source"]) if node else "", "H100, 8 per node", "see fit points", "see validation"],
-        ["a_net", us(lk["a_net"]), f"fit, {len(net)} points: the same message at P = "
-         f"{', '.join(str(v['ranks']) for v in net)}", cite(net[0]["source"]) if net else "", "H100 nodes",
-         "see fit points", "see validation"],
-    ]
+    def fit_row(name, value, pts, where):
+        sizes = sorted({f"{v['bytes'] / 1e6:.2f} MB per rank" for v in pts})
+        times = ", ".join(f"{v['published']['time_us']:g} µs (P = {v['ranks']})" for v in pts)
+        return [name, us(value), f"fit: median of (time − bandwidth time) over {len(pts)} NCCL point(s) {where}",
+                ", ".join(sorted({cite(v["source"]) for v in pts})), ", ".join(sorted({v["hardware"] for v in pts})),
+                ", ".join(sizes), times]
+    rows = [fit_row("a_node", lk["a_node"], node, "within a node"), fit_row("a_net", lk["a_net"], net, "across nodes")]
     for key, name in (("b_intra_h100", "b_intra (H100)"), ("b_inter", "b_inter"), ("b_intra_h800", "b_intra (H800, checks only)"),
                       ("pcie_pinned", "PCIe, pinned"), ("pageable_over_pinned", "pageable / pinned"),
                       ("copy_call_s", "copy call + sync")):
@@ -755,9 +754,15 @@ def predictions_markdown(model, preds):
         L.append(table(["variant", "all-to-alls µs", "host copies", "PCIe MB", "copies µs", "layer µs",
                         "per step ms (32 layers)"], rows))
         L.append("")
-    hdr = ["mode", "phase", "load", "P", "tok/rank", "imb", "MB/rank", "MB busiest", "8B compute ms",
-           f"a2a ms ({head}, fp32)", "bf16", "fixed cap.", "host-staged", "host, pinned",
-           f"share ({head})", "share bf16", "share host-staged", f"eff. ({head})", "eff. host-staged"]
+    names = {"device": "device", "device_bf16": "device bf16", "fixed": "fixed cap.", "host": "host-staged",
+             "host_pinned": "host-staged pinned"}
+    label = lambda k: names[k] + (" (headline)" if k == head else "")
+    shown_a2a = ["device", "device_bf16", "fixed", "host", "host_pinned"]
+    shown_share = ["device", "device_bf16", "host"]
+    shown_eff = ["device", "host"]
+    hdr = (["mode", "phase", "load", "P", "tok/rank", "imb", "MB/rank", "MB busiest", "8B compute ms"]
+           + [f"a2a ms, {label(k)}" for k in shown_a2a] + [f"share, {label(k)}" for k in shown_share]
+           + [f"eff., {label(k)}" for k in shown_eff])
     sfx = lambda k: "" if k == head else "_" + k
     body = []
     for p in preds:
@@ -765,10 +770,10 @@ def predictions_markdown(model, preds):
         g = lambda k, what: p[f"h100_8b_{what}{sfx(k)}" + ("_ms" if what == "a2a" else "")]
         body.append([p["mode"], p["phase"], p["global_load"], p["ranks"], p["tokens_per_rank"], p["rank_imbalance"],
                      p["h100_8b_bytes_per_rank_step"] / 1e6, p["h100_8b_bytes_busiest_step"] / 1e6,
-                     p["h100_8b_compute_ms"], g("device", "a2a"), g("device_bf16", "a2a"),
-                     g("fixed", "a2a") if dec else "–", g("host", "a2a"), g("host_pinned", "a2a"),
-                     f'{100 * g("device", "a2a_share"):.0f} %', f'{100 * g("device_bf16", "a2a_share"):.0f} %',
-                     f'{100 * g("host", "a2a_share"):.0f} %', g("device", "efficiency"), g("host", "efficiency")])
+                     p["h100_8b_compute_ms"]]
+                    + [g(k, "a2a") if dec or k != "fixed" else "–" for k in shown_a2a]
+                    + [f'{100 * g(k, "a2a_share"):.0f} %' for k in shown_share]
+                    + [g(k, "efficiency") for k in shown_eff])
     L.append("8B/H100 (MODELLED): MB are dispatch + combine per rank and step in fp32 rows (mean rank, and the "
              "busiest rank); times in ms per step.")
     L.append("")

@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""bench/scaling.py: the expert-parallel scaling benchmark (issue 7).
+"""bench/scaling.py: the expert-parallel scaling benchmark.
 
   bench/scaling.py [--quick] --out DIR [--model DIR] [--build DIR] [--docs FILE|none] [...]
 
 Sweeps the expert-parallel degree P, the MoE mode and the load (decode with B sequences in
 flight; prefill of T tokens) with real `mpirun -np P llamoe-ep` runs, then fits and applies
-the traffic/time model (bench/scaling_model.py). Writes into DIR:
+the traffic/time model (bench/scaling_model.py, its links fitted to the published all-to-all
+measurements in bench/published_a2a.json). Writes into DIR:
   scaling.csv / scaling.json       MEASURED points, one per (phase, load, P, mode)
-  model.csv / model.json           MODELLED predictions (P up to 64) and the model's error
+  model.csv / model.json           MODELLED predictions (P up to 64, both data paths), the
+                                   model's error and its validation against published points
   *.png                            plots (gnuplot; skipped with a message when it is missing)
   scaling.md                       the markdown section, also placed in --docs between markers
 Models: a synthetic dense Llama made with llamoe-mkmodel (or --model), and the upcycle and
@@ -384,7 +386,13 @@ def model_section(rows, cfg):
         return {"n": len(xs), "median_abs": a_[len(a_) // 2], "max_abs": a_[-1],
                 "mean": sum(xs) / len(xs)}
 
-    # 4. predictions, P up to 64, one device per rank (MODELLED).
+    # 4. predictions, P up to 64, one device per rank (MODELLED), on links fitted to published
+    # all-to-all measurements and checked against them.
+    try:
+        pub = sm.load_published()
+        sm.links()
+    except ValueError as e:
+        die(str(e))
     preds = predict(rows, cfg)
     model = {
         "label": "MODELLED",
@@ -399,15 +407,34 @@ def model_section(rows, cfg):
         "step_error_all": err_stats([c["rel_err"] for c in checks]),
         "step_error_not_oversubscribed": err_stats([c["rel_err"] for c in checks if not c["oversubscribed"]]),
         "step_error_oversubscribed": err_stats([c["rel_err"] for c in checks if c["oversubscribed"]]),
-        "links": sm.H100_LINKS, "h100": sm.H100, "llama8b": sm.LLAMA8B,
+        "links": sm.links(), "h100": sm.H100, "llama8b": sm.LLAMA8B,
+        "data_paths": sm.DATA_PATHS, "headline_path": sm.HEADLINE_PATH,
+        "published": {"file": os.path.relpath(sm.PUBLISHED, SRC), "sources": pub["sources"],
+                      "constants": pub["constants"]},
+        "validation": sm.validate(pub, sm.links()),
     }
     return model, preds
 
 
+# Variants of the 8B/H100 exchange, per MoE layer (sm.layer_comm): key, data path, wire
+# element bytes, host memory of the staged copies, reduced combine.
+COMM_VARIANTS = {
+    "device": ("device", 4, None, False),            # the headline path, fp32 rows
+    "device_bf16": ("device", 2, None, False),       # the same with bf16 rows (what DeepEP sends)
+    "device_reduced": ("device", 4, None, True),     # reduced combine
+    "fixed": ("fixed", 4, None, False),              # fixed-capacity decode exchange
+    "host": ("host", 4, "pageable", False),          # previous release, as it allocates
+    "host_pinned": ("host", 4, "pinned", False),     # previous release with pinned buffers
+}
+
+
 def predict(rows, cfg):
     """Step time and efficiency for P = 1..64 (MODELLED): this model with the measured P = 1
-    per-rank compute (CPU) and modelled links, and the Llama-3.1-8B shape on H100 (roofline)."""
+    per-rank compute (CPU) and modelled links, and the Llama-3.1-8B shape on H100 (roofline)
+    with every data path of COMM_VARIANTS; the h100_8b_* columns without a suffix are the
+    headline path's (sm.HEADLINE_PATH)."""
     d, L = cfg["hidden_size"], cfg["num_hidden_layers"]
+    links = sm.links()
     out = []
     Ps = [1, 2, 4, 8, 16, 32, 64]
     base = [r for r in rows if r["ranks"] == 1 and r["mode"] in ("upcycle:8:2", "production:8:2")]
@@ -429,7 +456,7 @@ def predict(rows, cfg):
             # systematic router skew: measured per-expert max/mean over the uniform-routing value
             sys_skew = pts[-1]["expert_imbalance"] / sm.mc_rank_imbalance(N * pts[-1]["steps"], 8, 2, 8)
             sys_skew = max(1.0, sys_skew)
-            t1 = None
+            t1 = t18 = None
             for P in Ps:
                 E = max(8, P)                        # P > 8: one expert per rank (E = P, same size)
                 n = math.ceil(N / P)                 # enough sequences for every rank
@@ -438,35 +465,40 @@ def predict(rows, cfg):
                 touched = sm.experts_touched(N, 2, E, P)
                 tb = sm.layer_bytes(n, d, E, 2, P)
                 comp = 1e-3 * (sm.interp(xs, dense_ms, n) + w * touched + c * pairs)
-                comm = L * sm.layer_comm_time(tb, P, sm.H100_LINKS)
-                comm_red = L * sm.layer_comm_time(tb, P, sm.H100_LINKS, reduced=True)
+                comm = L * sm.layer_comm(n, d, E, 2, P, links, sm.HEADLINE_PATH, imb)["total"]
                 # Llama-3.1-8B shape, H100 roofline per layer (ctx 1024 decode, T/8 prefill)
                 s8 = sm.LLAMA8B
                 ctx = 1024 if phase == "decode" else per_seq
                 a8, e8 = sm.h100_rank_compute(n, ctx, pairs, touched)
                 tb8 = sm.layer_bytes(n, s8["d"], E, 2, P)
                 comp8 = s8["layers"] * (a8 + e8)
-                comm8 = s8["layers"] * sm.layer_comm_time(tb8, P, sm.H100_LINKS)
-                comm8_red = s8["layers"] * sm.layer_comm_time(tb8, P, sm.H100_LINKS, reduced=True)
-                comm8_opt = s8["layers"] * sm.layer_comm_time(tb8, P, sm.H100_LINKS, overlapped=True)
-                step, step8 = comp + comm, comp8 + comm8
+                comm8 = {}
+                for key, (path, elem, mem, red) in COMM_VARIANTS.items():
+                    lc = sm.layer_comm(n, s8["d"], E, 2, P, links, path, imb, elem, red, mem or "pageable")
+                    comm8[key] = s8["layers"] * lc["total"]
+                step = comp + comm
                 if t1 is None:
-                    t1, t18 = step, step8
-                out.append({
+                    t1, t18 = step, comp8
+                row = {
                     "label": "MODELLED", "mode": mode, "phase": phase, "global_load": N, "ranks": P,
                     "experts": E, "tokens_per_rank": n, "rank_imbalance": imb,
                     "bytes_per_rank_step": L * (tb["dispatch"] + tb["combine"]),
                     "reduced_bytes_per_rank_step": L * (tb["dispatch"] + tb["reduced"]),
-                    "cpu_compute_ms": 1e3 * comp, "cpu_a2a_ms": 1e3 * comm, "cpu_a2a_reduced_ms": 1e3 * comm_red,
+                    "cpu_compute_ms": 1e3 * comp, "cpu_a2a_ms": 1e3 * comm,
                     "cpu_step_ms": 1e3 * step, "cpu_a2a_share": comm / step if step else 0.0,
                     "cpu_efficiency": t1 / (P * step) if step else 0.0,
-                    "h100_8b_compute_ms": 1e3 * comp8, "h100_8b_a2a_ms": 1e3 * comm8,
-                    "h100_8b_a2a_reduced_ms": 1e3 * comm8_red, "h100_8b_step_ms": 1e3 * step8,
-                    "h100_8b_a2a_share": comm8 / step8 if step8 else 0.0,
-                    "h100_8b_a2a_overlapped_ms": 1e3 * comm8_opt,
-                    "h100_8b_a2a_share_overlapped": comm8_opt / (comp8 + comm8_opt) if comp8 + comm8_opt else 0.0,
-                    "h100_8b_efficiency": t18 / (P * step8) if step8 else 0.0,
-                })
+                    "h100_8b_bytes_per_rank_step": s8["layers"] * (tb8["dispatch"] + tb8["combine"]),
+                    "h100_8b_bytes_busiest_step": s8["layers"] * (tb8["dispatch"] + tb8["combine"]) * imb,
+                    "h100_8b_compute_ms": 1e3 * comp8, "data_path": sm.HEADLINE_PATH,
+                }
+                for key, t in comm8.items():
+                    sfx = "" if key == sm.HEADLINE_PATH else "_" + key
+                    row[f"h100_8b_a2a{sfx}_ms"] = 1e3 * t
+                    row[f"h100_8b_step{sfx}_ms"] = 1e3 * (comp8 + t)
+                    row[f"h100_8b_a2a_share{sfx}"] = t / (comp8 + t) if comp8 + t else 0.0
+                    row[f"h100_8b_efficiency{sfx}"] = t18 / (P * (comp8 + t)) if comp8 + t else 0.0
+                row["h100_8b_a2a_reduced_ms"] = row["h100_8b_a2a_device_reduced_ms"]
+                out.append(row)
     return out
 
 
@@ -484,6 +516,7 @@ PLOTS = {
     "prefill_breakdown.png": "Prefill time split, max over ranks (MEASURED)",
     "bytes.png": "Bytes sent per rank per step: measured points, modelled lines",
     "model_efficiency.png": "MODELLED scaling efficiency, P up to 64",
+    "a2a_validation.png": "MODELLED all-to-all time against PUBLISHED measurements",
 }
 
 
@@ -552,16 +585,43 @@ def plots(out, rows, preds, model):
                 for p in preds:
                     if p["mode"] == m and p["phase"] == ph:
                         fh.write(f'{p["ranks"]} {p["cpu_efficiency"]:.4f} {p["h100_8b_efficiency"]:.4f} '
-                                 f'{p["h100_8b_a2a_share"]:.4f}\n')
+                                 f'{p["h100_8b_efficiency_host" if sm.HEADLINE_PATH != "host" else "h100_8b_efficiency_device"]:.4f}\n')
                 fh.write("\n\n")
         n = len(series)
+        other = "host-staged" if sm.HEADLINE_PATH != "host" else "device-resident"
         script += [f'set output "{os.path.join(out, "model_efficiency.png")}"',
-                   'set title "MODELLED scaling efficiency (solid: measured CPU compute + modelled links; dashed: Llama-3.1-8B shape, H100 roofline + links)"',
+                   f'set title "MODELLED efficiency. solid: CPU compute measured here; dashed: 8B shape on H100, {sm.HEADLINE_PATH} path; dotted: 8B, {other}"',
                    "set xlabel 'ranks P (8 per node)'", "set ylabel 'efficiency T(1) / (P T(P))'", "set logscale x 2",
                    "set yrange [0:1.1]",
                    f'plot for [i=0:{n - 1}] "{f}" index i using 1:2 with linespoints lc i+1 title columnheader(1), '
-                   f'for [i=0:{n - 1}] "{f}" index i using 1:3 with linespoints dt 2 lc i+1 notitle']
+                   f'for [i=0:{n - 1}] "{f}" index i using 1:3 with linespoints dt 2 lc i+1 notitle, '
+                   f'for [i=0:{n - 1}] "{f}" index i using 1:4 with linespoints dt 3 lc i+1 notitle',
+                   "unset logscale", "set yrange [*:*]"]
         written.append("model_efficiency.png")
+    val = model.get("validation") or []
+    if val:
+        f = os.path.join(dat, "validation.dat")
+        fams = []
+        for v in val:
+            fam = v["library"].split(" (")[0].replace(" dispatch", "").replace(" combine", "")
+            if fam not in fams:
+                fams.append(fam)
+        with open(f, "w") as fh:
+            for fam in fams:
+                fh.write(f'"{fam}"\n')
+                for v in val:
+                    if v["library"].split(" (")[0].replace(" dispatch", "").replace(" combine", "") == fam:
+                        fh.write(f'{1e6 * v["published_s"]:.3f} {1e6 * v["modelled_s"]:.3f}\n')
+                fh.write("\n\n")
+        script += [f'set output "{os.path.join(out, "a2a_validation.png")}"',
+                   'set title "All-to-all time, MODELLED (fitted links) against PUBLISHED, µs; lines: equal, ±25 %. DeepEP normal: its bytes at the published bandwidth"',
+                   "set xlabel 'published µs'", "set ylabel 'modelled µs'", "set logscale xy", "set key inside top left",
+                   "set xrange [10:10000]", "set yrange [10:10000]",
+                   f'plot for [i=0:{len(fams) - 1}] "{f}" index i using 1:2 with points pt 7 ps 1.3 lc i+1 title columnheader(1), '
+                   "x with lines lc rgb 'black' notitle, 1.25*x with lines dt 2 lc rgb 'gray' notitle, "
+                   "0.75*x with lines dt 2 lc rgb 'gray' notitle",
+                   "unset logscale", "set xrange [*:*]", "set yrange [*:*]", "set key outside right"]
+        written.append("a2a_validation.png")
     gpf = os.path.join(dat, "plots.gp")   # paths relative to OUT: rerun with (cd OUT && gnuplot plotdata/plots.gp)
     open(gpf, "w").write("\n".join(script).replace(out + os.sep, "") + "\n")
     p = subprocess.run([gp, os.path.join("plotdata", "plots.gp")], capture_output=True, text=True, cwd=out)
@@ -585,11 +645,159 @@ def table(header, rows):
     return "\n".join(out)
 
 
-def markdown(meta, rows, model, preds, pngs, rel):
+def us(x):
+    return f"{1e6 * x:.1f} µs"
+
+
+def links_markdown(model, src_rel):
+    """The link constants with their sources, and the validation table."""
+    lk, pub, val = model["links"], model["published"], model["validation"]
+    src = pub["sources"]
+    cite = lambda key: f"[{key}]({src[key]['url']})"
+    L = ["#### Links, fitted to published all-to-all measurements (MODELLED)", ""]
+    L.append(f"{lk['name']}. One all-to-all in which a rank sends `bytes` evenly to its P − 1 peers takes "
+             "`T = a(P) + max(bytes_intra / b_intra, bytes_inter / b_inter)` (NVLink and network shares move at "
+             f"the same time): a(P) = a_node for P ≤ {lk['gpus_per_node']}, a_net beyond. Bandwidths are "
+             "achievable NCCL bus bandwidths, not line rates; the two fixed costs are fitted to NCCL all-to-all "
+             "times (the median over the fit points of measured time minus bandwidth time). Every figure, its "
+             f"source, hardware and message size is in [{pub['file']}]({src_rel}/{pub['file']}); the model reads it.")
+    L.append("")
+    fitpts = [v for v in val if v["role"] == "fit"]
+    node = [v for v in fitpts if v["ranks"] <= lk["gpus_per_node"]]
+    net = [v for v in fitpts if v["ranks"] > lk["gpus_per_node"]]
+    c = pub["constants"]
+    def fit_row(name, value, pts, where):
+        sizes = sorted({f"{v['bytes'] / 1e6:.2f} MB per rank" for v in pts})
+        times = ", ".join(f"{v['published']['time_us']:g} µs (P = {v['ranks']})" for v in pts)
+        return [name, us(value), f"fit: median of (time − bandwidth time) over {len(pts)} NCCL point(s) {where}",
+                ", ".join(sorted({cite(v["source"]) for v in pts})), ", ".join(sorted({v["hardware"] for v in pts})),
+                ", ".join(sizes), times]
+    rows = [fit_row("a_node", lk["a_node"], node, "within a node"), fit_row("a_net", lk["a_net"], net, "across nodes")]
+    for key, name in (("b_intra_h100", "b_intra (H100)"), ("b_inter", "b_inter"), ("b_intra_h800", "b_intra (H800, checks only)"),
+                      ("pcie_pinned", "PCIe, pinned"), ("pageable_over_pinned", "pageable / pinned"),
+                      ("copy_call_s", "copy call + sync")):
+        k = c[key]
+        v = k["value"]
+        val_s = (f"{v / 1e9:.0f} GB/s" if k["unit"] == "B/s" else us(v) if k["unit"] == "s" else f"{v:.2f}")
+        rows.append([name, val_s, k.get("meaning", ""), cite(k["source"]), k["hardware"], k["message"], k["measured"]])
+    L.append(table(["constant", "value", "what / how", "source", "hardware", "message", "measured"], rows))
+    L.append("")
+    L.append(f"Host-staged copies (the previous release) move at {lk['pcie']['pageable'] / 1e9:.1f} GB/s from pageable "
+             f"memory ({lk['pcie']['pinned'] / 1e9:.0f} GB/s pinned); each copy costs {us(lk['copy_call_s'])} more for the "
+             "call and the host synchronisation after it.")
+    L.append("")
+    checks = [v for v in val if v["role"] == "check"]
+    miss = [v for v in val if not v["within_25"]]
+    L.append("**Validation.** The model fed each published case's message size, against the published figure "
+             "(time, or bandwidth where that is what was published; the error is in that quantity). `fit` rows "
+             "calibrate a fixed cost, so their error is the spread one constant leaves; `check` rows are held out. "
+             f"{sum(v['within_25'] for v in checks)} of {len(checks)} check points are within 25 %"
+             + (f"; {len(miss)} point(s) are not, listed below with the reason." if miss else "."))
+    L.append("")
+    hdr = ["case", "library", "hardware", "P", "MB", "published", "modelled", "error", "role", "source"]
+    body = []
+    for v in val:
+        pv = v["published"]
+        pub_s = f"{pv['time_us']:g} µs" if "time_us" in pv else f"{pv['bandwidth_GBps']:g} GB/s"
+        mod_s = us(v["modelled_s"]) if "time_us" in pv else f"{v['modelled_GBps']:.0f} GB/s"
+        err = f"{100 * v['rel_err']:+.0f} %" + ("" if v["within_25"] else " ✗")
+        body.append([v["id"], v["library"], v["hardware"], v["ranks"], f"{v['bytes'] / 1e6:.2f} ({v['bytes_kind']})",
+                     pub_s, mod_s, err, v["role"], cite(v["source"])])
+    L.append(table(hdr, body))
+    L.append("")
+    for v in miss:
+        L.append(f"- `{v['id']}` ({100 * v['rel_err']:+.0f} %): " + (v["gap"] or "no explanation recorded"))
+    if miss:
+        L.append("")
+    return L
+
+
+def predictions_markdown(model, preds):
+    lk = model["links"]
+    head = model["headline_path"]
+    other = [k for k in model["data_paths"] if k != head]
+    L = ["#### Predictions (MODELLED), P up to 64, one device per rank", ""]
+    L.append(f"**Data paths.** The figures headlined below are the **{head}** path "
+             f"(`HEADLINE_PATH` in bench/scaling_model.py), the data path this release's code has: "
+             f"{model['data_paths'][head]}. "
+             + " ".join(f"Computed for comparison, **{k}**: {model['data_paths'][k]}." for k in other)
+             + " Also shown: the device path with bf16 rows (half the row bytes, what DeepEP sends; today's wire "
+             "format is fp32 rows plus 8 bytes of metadata per pair), and a fixed-capacity decode exchange "
+             "(worst-case buffers with the counts in-band: no counts round and no host synchronisation, but "
+             "every peer gets all n tokens).")
+    L.append("")
+    L.append("Per MoE layer, the busiest rank (its (token, expert) pairs `imb` times the mean, which scales what "
+             "it receives in dispatch and sends back in combine): device = counts all-to-all + one copy of the "
+             "counts to the host + dispatch + combine; host-staged = the same three all-to-alls + ten host ↔ "
+             "device copies. P > 8: one expert per rank (E = P experts of the same size, top-2). `8B/H100`: the "
+             "Llama-3.1-8B shape (32 layers, d = 4096) with a roofline H100 (60 % of 989 TFLOP/s, 80 % of "
+             "3.35 TB/s, 5 µs per kernel). Share = exchange / step; efficiency = T(1) / (P·T(P)) for the same "
+             "global load (strong scaling).")
+    L.append("")
+    hp = [p for p in preds if p["mode"] == preds[0]["mode"] and p["phase"] == "decode"]
+    ref = next((p for p in hp if p["ranks"] == 8), None)
+    if ref:
+        n, E = ref["tokens_per_rank"], ref["experts"]
+        rows = []
+        for key, (path, elem, mem, red) in COMM_VARIANTS.items():
+            if key in ("device_reduced",):
+                continue
+            lc = sm.layer_comm(n, model["llama8b"]["d"], E, 2, 8, lk, path, ref["rank_imbalance"], elem, red,
+                               mem or "pageable")
+            ncopy = len(lc["crossings"])
+            pcie = sum(c[1] for c in lc["crossings"])
+            rows.append([key, f"{1e6 * lc['a2a']:.1f}", ncopy, f"{pcie / 1e6:.2f}", f"{1e6 * lc['host']:.1f}",
+                         f"{1e6 * lc['total']:.1f}", f"{1e3 * model['llama8b']['layers'] * lc['total']:.2f}"])
+        L.append(f"One MoE layer at the reference point ({ref['mode']}, decode {ref['global_load']} sequences, P = 8, "
+                 f"{n} tokens per rank, imb {ref['rank_imbalance']:.2f}, 8B shape):")
+        L.append("")
+        L.append(table(["variant", "all-to-alls µs", "host copies", "PCIe MB", "copies µs", "layer µs",
+                        "per step ms (32 layers)"], rows))
+        L.append("")
+    names = {"device": "device", "device_bf16": "device bf16", "fixed": "fixed cap.", "host": "host-staged",
+             "host_pinned": "host-staged pinned"}
+    label = lambda k: names[k] + (" (headline)" if k == head else "")
+    shown_a2a = ["device", "device_bf16", "fixed", "host", "host_pinned"]
+    shown_share = ["device", "device_bf16", "host"]
+    shown_eff = ["device", "host"]
+    hdr = (["mode", "phase", "load", "P", "tok/rank", "imb", "MB/rank", "MB busiest", "8B compute ms"]
+           + [f"a2a ms, {label(k)}" for k in shown_a2a] + [f"share, {label(k)}" for k in shown_share]
+           + [f"eff., {label(k)}" for k in shown_eff])
+    sfx = lambda k: "" if k == head else "_" + k
+    body = []
+    for p in preds:
+        dec = p["phase"] == "decode"
+        g = lambda k, what: p[f"h100_8b_{what}{sfx(k)}" + ("_ms" if what == "a2a" else "")]
+        body.append([p["mode"], p["phase"], p["global_load"], p["ranks"], p["tokens_per_rank"], p["rank_imbalance"],
+                     p["h100_8b_bytes_per_rank_step"] / 1e6, p["h100_8b_bytes_busiest_step"] / 1e6,
+                     p["h100_8b_compute_ms"]]
+                    + [g(k, "a2a") if dec or k != "fixed" else "–" for k in shown_a2a]
+                    + [f'{100 * g(k, "a2a_share"):.0f} %' for k in shown_share]
+                    + [g(k, "efficiency") for k in shown_eff])
+    L.append("8B/H100 (MODELLED): MB are dispatch + combine per rank and step in fp32 rows (mean rank, and the "
+             "busiest rank); times in ms per step.")
+    L.append("")
+    L.append(table(hdr, body))
+    L.append("")
+    L.append("With this machine's measured CPU compute per rank (`cpu`: the P = 1 runs' compute split over P "
+             f"ranks of the same speed) and the {head} path's exchange on the modelled links:")
+    L.append("")
+    L.append(table(["mode", "phase", "load", "P", "MB/rank", "MB reduced", "cpu compute ms", "cpu a2a ms",
+                    "cpu eff."],
+                   [[p["mode"], p["phase"], p["global_load"], p["ranks"], p["bytes_per_rank_step"] / 1e6,
+                     p["reduced_bytes_per_rank_step"] / 1e6, p["cpu_compute_ms"], p["cpu_a2a_ms"],
+                     p["cpu_efficiency"]] for p in preds]))
+    L.append("")
+    return L
+
+
+def markdown(meta, rows, model, preds, pngs, rel, src_rel):
     m = meta["machine"]
     s = meta["size"]
     L = []
-    L.append(f"Generated by `{meta['command']}` on {meta['date']} in {meta['run_time_s']:.0f} s.")
+    L.append(f"Measured by `{meta['command']}` on {meta['date']} in {meta['run_time_s']:.0f} s"
+             + (f"; model, tables and plots redone from its scaling.json by `bench/scaling.py --remodel` on "
+                f"{model['remodelled']}." if model.get("remodelled") else "."))
     L.append("")
     L.append(f"**Machine**: {m['cores']} CPU cores usable ({m['cpu_model']}, `nproc` {m['nproc']}), "
              f"{m['memory_gib']} GiB, {m['mpi']}, shared-memory transport (vader, single-copy off). "
@@ -630,9 +838,11 @@ def markdown(meta, rows, model, preds, pngs, rel):
     L.append("")
     L.append(table(hdr, body))
     L.append("")
+    model_pngs = ("a2a_validation.png", "model_efficiency.png")
+    img = lambda p: [f"![{PLOTS.get(p, p)}]({rel}/{p})", ""]
     for p in pngs:
-        L.append(f"![{PLOTS.get(p, p)}]({rel}/{p})")
-        L.append("")
+        if p not in model_pngs:
+            L += img(p)
     L.append("#### Model check (MODELLED against MEASURED)")
     L.append("")
     te, cf = model["traffic_error"], model["cpu_fit"]
@@ -683,29 +893,12 @@ def markdown(meta, rows, model, preds, pngs, rel):
                               e["modelled_bytes"] / 1e6, f'{100 * e["rel_err"]:+.1f} %',
                               e["measured_reduced_total"] / 1e6, e["modelled_reduced_total"] / 1e6] for e in show]))
         L.append("")
-    L.append("#### Predictions (MODELLED), P up to 64, one device per rank")
-    L.append("")
-    lk = model["links"]
-    L.append(f"Links: {lk['name']}: {lk['b_intra'] / 1e9:.0f} GB/s per GPU inside a node of "
-             f"{lk['gpus_per_node']}, {lk['b_inter'] / 1e9:.0f} GB/s across nodes, latency "
-             f"{1e6 * lk['a_coll']:.0f} µs per collective + {1e6 * lk['a_intra']:.0f} µs per NVLink peer + "
-             f"{1e6 * lk['a_inter']:.0f} µs per InfiniBand peer; three collectives per layer. P > 8: one expert "
-             "per rank (E = P experts of the same size, top-2). `cpu`: this model with the per-rank compute "
-             "measured at P = 1 here; `8B/H100`: the Llama-3.1-8B shape with a roofline H100 "
-             "(60 % of 989 TFLOP/s, 80 % of 3.35 TB/s, 5 µs per kernel). Efficiency = T(1) / (P·T(P)) for the "
-             "same global load (strong scaling).")
-    L.append("")
-    hdr = ["mode", "phase", "load", "P", "tok/rank", "imb", "MB/rank", "MB reduced", "cpu compute ms",
-           "cpu a2a ms", "cpu eff.", "8B compute ms", "8B a2a ms", "8B a2a reduced ms", "8B a2a share",
-           "8B a2a share, overlapped", "8B eff."]
-    body = [[p["mode"], p["phase"], p["global_load"], p["ranks"], p["tokens_per_rank"], p["rank_imbalance"],
-             p["bytes_per_rank_step"] / 1e6, p["reduced_bytes_per_rank_step"] / 1e6, p["cpu_compute_ms"],
-             p["cpu_a2a_ms"], p["cpu_efficiency"], p["h100_8b_compute_ms"], p["h100_8b_a2a_ms"],
-             p["h100_8b_a2a_reduced_ms"], f'{100 * p["h100_8b_a2a_share"]:.0f} %',
-             f'{100 * p["h100_8b_a2a_share_overlapped"]:.0f} %', p["h100_8b_efficiency"]]
-            for p in preds]
-    L.append(table(hdr, body))
-    L.append("")
+    L += links_markdown(model, src_rel)
+    if "a2a_validation.png" in pngs:
+        L += img("a2a_validation.png")
+    L += predictions_markdown(model, preds)
+    if "model_efficiency.png" in pngs:
+        L += img("model_efficiency.png")
     L.append("Reduced versus exact combine, MODELLED bytes per token and rank (uniform routing, d = 4096 fp32 rows): "
              "the exact combine returns one row per remote (token, expert) pair, the reduced one row per remote "
              "owner rank.")
@@ -753,9 +946,14 @@ def main():
                  ("OMPI_MCA_btl_vader_single_copy_mechanism", "none")):
         os.environ.setdefault(k, v)
     if a.remodel:
-        old = json.load(open(os.path.join(a.out, "scaling.json")))
-        meta, rows, raw, cfg = old["meta"], old["points"], old["runs"], old["meta"]["size"]
+        measured = os.path.join(a.out, "scaling.json")
+        try:
+            old = json.load(open(measured))
+            meta, rows, raw, cfg = old["meta"], old["points"], old["runs"], old["meta"]["size"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            die(f"--remodel: {measured}: cannot read the measured points ({e!r})")
         model, preds = model_section(rows, cfg)
+        model["remodelled"] = time.strftime("%Y-%m-%d %H:%M %Z")
     else:
         machine = machine_info()
         models, cfg = prepare_models(a, build)
@@ -765,15 +963,17 @@ def main():
         meta = {"command": "bench/scaling.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d %H:%M %Z"),
                 "run_time_s": time.time() - t0, "machine": machine, "size": cfg, "sweep": a.sweep,
                 "size_name": a.size, "label": "MEASURED"}
-    write_csv(os.path.join(a.out, "scaling.csv"), rows, CSV_COLUMNS)
-    json.dump({"meta": meta, "points": rows, "runs": raw}, open(os.path.join(a.out, "scaling.json"), "w"), indent=None)
+    if not a.remodel:   # --remodel leaves the measured files as they are
+        write_csv(os.path.join(a.out, "scaling.csv"), rows, CSV_COLUMNS)
+        json.dump({"meta": meta, "points": rows, "runs": raw}, open(os.path.join(a.out, "scaling.json"), "w"), indent=None)
     pred_cols = list(preds[0].keys()) if preds else ["label"]
     write_csv(os.path.join(a.out, "model.csv"), preds, pred_cols)
     json.dump({"meta": meta, "model": model, "predictions": preds},
               open(os.path.join(a.out, "model.json"), "w"), indent=1, default=str)
     pngs = plots(a.out, rows, preds, model)
-    rel = os.path.relpath(a.out, os.path.dirname(os.path.abspath(a.docs))) if a.docs != "none" else "."
-    section = markdown(meta, rows, model, preds, pngs, rel)
+    where = os.path.dirname(os.path.abspath(a.docs)) if a.docs != "none" else a.out
+    rel = os.path.relpath(a.out, where) if a.docs != "none" else "."
+    section = markdown(meta, rows, model, preds, pngs, rel, os.path.relpath(SRC, where))
     open(os.path.join(a.out, "scaling.md"), "w").write(section + "\n")
     if a.docs != "none":
         update_docs(a.docs, section)

@@ -33,9 +33,24 @@ set ylabel 'MB per rank per step'
 unset logscale
 plot for [i=0:2] "plotdata/bytes.dat" index i using 1:2 with points pt 7 ps 1.5 lc i+1 title columnheader(1), for [i=0:2] "plotdata/bytes.dat" index i using 1:3 with lines lc i+1 notitle
 set output "model_efficiency.png"
-set title "MODELLED scaling efficiency (solid: measured CPU compute + modelled links; dashed: Llama-3.1-8B shape, H100 roofline + links)"
+set title "MODELLED efficiency. solid: CPU compute measured here; dashed: 8B shape on H100, device path; dotted: 8B, host-staged"
 set xlabel 'ranks P (8 per node)'
 set ylabel 'efficiency T(1) / (P T(P))'
 set logscale x 2
 set yrange [0:1.1]
-plot for [i=0:3] "plotdata/model.dat" index i using 1:2 with linespoints lc i+1 title columnheader(1), for [i=0:3] "plotdata/model.dat" index i using 1:3 with linespoints dt 2 lc i+1 notitle
+plot for [i=0:3] "plotdata/model.dat" index i using 1:2 with linespoints lc i+1 title columnheader(1), for [i=0:3] "plotdata/model.dat" index i using 1:3 with linespoints dt 2 lc i+1 notitle, for [i=0:3] "plotdata/model.dat" index i using 1:4 with linespoints dt 3 lc i+1 notitle
+unset logscale
+set yrange [*:*]
+set output "a2a_validation.png"
+set title "All-to-all time, MODELLED (fitted links) against PUBLISHED, µs; lines: equal, ±25 %. DeepEP normal: its bytes at the published bandwidth"
+set xlabel 'published µs'
+set ylabel 'modelled µs'
+set logscale xy
+set key inside top left
+set xrange [10:10000]
+set yrange [10:10000]
+plot for [i=0:2] "plotdata/validation.dat" index i using 1:2 with points pt 7 ps 1.3 lc i+1 title columnheader(1), x with lines lc rgb 'black' notitle, 1.25*x with lines dt 2 lc rgb 'gray' notitle, 0.75*x with lines dt 2 lc rgb 'gray' notitle
+unset logscale
+set xrange [*:*]
+set yrange [*:*]
+set key outside right

@@ -11,9 +11,12 @@
 // and reductions take host arrays as the interface says and travel through NCCL on the
 // device. Takes ownership of boot: freeing the NCCL communicator frees boot too (and so
 // finalises MPI), and abort ends the job through boot after ncclCommAbort.
-// NCCL up to 2.29 refuses two ranks on one GPU ("Duplicate GPU detected"); this dies with a
-// message saying so (use the MPI transport there) instead of failing inside NCCL.
+// NCCL up to 2.29 refuses two ranks on one GPU ("Duplicate GPU detected"); 2.30 and later
+// allow it with NCCL_MULTI_RANK_GPU_ENABLE=1. Where that does not hold this dies with a
+// message saying what would (the MPI transport, or the variable) instead of failing in NCCL.
 comm *comm_nccl_new(comm *boot, void *stream);
+// The NCCL library's version as ncclGetVersion gives it (2.30.1 is 23001).
+int comm_nccl_version(void);
 
 // Device buffers over a host transport (MPI): the result's alltoallv and bcast take device
 // memory. A rank's own share is a device-to-device copy; the peers' go straight to MPI when it

@@ -118,14 +118,27 @@ static void nccl_free(comm *c) {
 
 // die() of any rank ends the job through the boot communicator's handler (MPI_Abort), which
 // also ends ranks blocked in NCCL; the handler stays as comm_mpi_init installed it.
+int comm_nccl_version(void) {
+    int version = 0;
+    ncclCheck(ncclGetVersion(&version));
+    return version;
+}
+
 comm *comm_nccl_new(comm *boot, void *stream) {
     if (boot->mem != COMM_MEM_HOST) die("comm nccl: the boot communicator must carry host memory");
-    int version = 0, n_gpus = 0;
+    int version = comm_nccl_version(), n_gpus = 0;
     cudaCheck(cudaGetDeviceCount(&n_gpus));
-    ncclCheck(ncclGetVersion(&version));
-    if (boot->local_size > n_gpus && version < 23000 && !getenv("NCCL_MULTI_RANK_GPU_ENABLE"))
-        die("comm nccl: %d ranks on this node share %d GPU(s), which NCCL %d.%d refuses (\"Duplicate GPU detected\"); "
-            "use --transport mpi for several ranks per GPU", boot->local_size, n_gpus, version / 10000, version / 100 % 100);
+    // Several ranks per GPU: NCCL 2.30 and later allow it when asked; earlier ones refuse.
+    if (boot->local_size > n_gpus) {
+        const char *multi = getenv("NCCL_MULTI_RANK_GPU_ENABLE");
+        if (version < 23000)
+            die("comm nccl: %d ranks on this node share %d GPU(s), which NCCL %d.%d refuses (\"Duplicate GPU detected\"); "
+                "use --transport mpi for several ranks per GPU, or NCCL 2.30 or later", boot->local_size, n_gpus,
+                version / 10000, version / 100 % 100);
+        if (!multi || strcmp(multi, "1") != 0)
+            die("comm nccl: %d ranks on this node share %d GPU(s): NCCL %d.%d allows it with NCCL_MULTI_RANK_GPU_ENABLE=1 "
+                "(mpirun -x NCCL_MULTI_RANK_GPU_ENABLE=1)", boot->local_size, n_gpus, version / 10000, version / 100 % 100);
+    }
     comm *c = xcalloc(1, sizeof *c);
     nccl_impl *m = xcalloc(1, sizeof *m);
     m->boot = boot;

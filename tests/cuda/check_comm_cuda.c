@@ -3,7 +3,8 @@
 // NCCL (device buffers; one rank per GPU unless NCCL allows more), with uneven message sizes
 // including empty ones, counts exchange and reductions. Rank 0 prints one line per check and a summary; exit status 1 on
 // any mismatch.
-//   mpirun -np P check_comm_cuda [mpi|nccl|both]
+//   mpirun -np P check_comm_cuda [mpi|nccl]
+//   check_comm_cuda version          prints the NCCL version loaded ("nccl 2.30.1 23001")
 #include <string.h>
 
 #include "kernels/backend.h"
@@ -58,6 +59,11 @@ static int check_small(comm *c, const char *what) {
 }
 
 int main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "version")) {
+        int v = comm_nccl_version();
+        printf("nccl %d.%d.%d %d\n", v / 10000, v / 100 % 100, v % 100, v);
+        return 0;
+    }
     comm *mpi = comm_mpi_init(&argc, &argv);
     const char *which = argc > 1 ? argv[1] : "mpi";
     if (strcmp(which, "mpi") && strcmp(which, "nccl")) die("usage: check_comm_cuda [mpi|nccl]");

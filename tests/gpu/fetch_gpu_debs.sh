@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Downloads the Debian packages the GPU check needs when the GPU machine lacks them (Open MPI,
-# PMIx, hwloc, json-c, pcre2, pkg-config) into gpu-debs/ (git-ignored), to travel with the
-# tree (the device tool's `carry: ["gpu-debs"]`). tests/gpu/gpu_check.sh unpacks them with
+# PMIx, hwloc, json-c, pcre2, pkg-config) into gpu-debs/ (git-ignored), to be copied to the GPU
+# machine with the tree when it has no network. tests/gpu/gpu_check.sh unpacks them with
 # `dpkg -x` into a prefix only when the machine has no MPI/hwloc/json-c/pcre2 of its own.
 # Runs here (Debian 12, amd64, apt configured), as root or any user apt-get download works for.
 #   tests/gpu/fetch_gpu_debs.sh [DIR]      (default: gpu-debs in the repository root)

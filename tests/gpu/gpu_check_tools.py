@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
-"""Helpers of tests/gpu/gpu_check.sh (standard library only): each subcommand runs llamoe-ep
+"""The steps of tests/gpu/gpu_check.sh (standard library only): each subcommand runs a program
 the way one check needs, compares, and writes one JSON file.
 
+  env        the machine: nvidia-smi, compilers, Python modules, the NCCL wheels
+  ops        test_ops over every case; a case that ends the process is recorded and the
+             program run again from the next case, so every other case still reports
   expected   bundled model: greedy ids of every expected.json prompt per mode and backend
   backends   the same long prompt on --backend cpu and cuda: ids and logits compared
   ranks      1 rank vs P ranks (one GPU, a transport): ids equal, logits bitwise/max diff
@@ -44,6 +47,72 @@ def max_diff(a, b):
 
 def ids_str(ids):
     return ",".join(str(i) for i in ids)
+
+
+# ---------------------------------------------------------------------------- env
+def cmd_env(a):
+    import platform
+
+    def sh(c):
+        try:
+            return subprocess.run(c, shell=True, capture_output=True, text=True, timeout=30).stdout.strip()
+        except Exception as e:  # noqa: BLE001
+            return f"error: {e}"
+    info = {"uname": platform.uname()._asdict(), "os": sh(". /etc/os-release; echo $PRETTY_NAME"),
+            "nvidia_smi": sh("nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap,clocks.max.memory --format=csv,noheader"),
+            "nvidia_smi_l": sh("nvidia-smi -L"), "nvcc": sh("nvcc --version | tail -2"), "gcc": sh("gcc --version | head -1"),
+            "cmake": sh("cmake --version | head -1"), "compute_sanitizer": sh("command -v compute-sanitizer"),
+            "nproc": os.cpu_count(), "python": sys.version.split()[0]}
+    for mod in ("torch", "transformers", "numpy", "safetensors"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except Exception as e:  # noqa: BLE001
+            info[mod] = f"missing ({e.__class__.__name__})"
+    info["pip_nvidia"] = sh("python3 -m pip list 2>/dev/null | grep -i -E 'nvidia-(nccl|cublas|cuda-runtime)'")
+    json.dump(info, open(a.json, "w"), indent=1)
+    print(json.dumps(info, indent=1))
+    return 0
+
+
+# ---------------------------------------------------------------------------- ops
+def cmd_ops(a):
+    """Runs test_ops until every case has run: a case that ends the process (a die() inside a
+    library call) is recorded as failed with the message, and the program starts again after it."""
+    out = {"backend": a.backend, "cases": [], "ended_in": [], "runs": 0}
+    start = 0
+    while out["runs"] < 50:
+        part = a.json + ".part"
+        cmd = shlex.split(a.wrap) + [a.test, a.src, "--backend", a.backend, "--json", part, "--from", str(start)]
+        if a.force_fail:
+            cmd += ["--force-fail", a.force_fail]
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=a.timeout)
+        print(p.stdout, end="", flush=True)
+        out["runs"] += 1
+        if p.returncode == 77:
+            out["skipped"] = p.stdout.strip().splitlines()[-1] if p.stdout.strip() else "skipped"
+            json.dump(out, open(a.json, "w"), indent=1)
+            return 77
+        try:
+            j = json.load(open(part))
+        except Exception as e:  # noqa: BLE001  (ended before the JSON was closed: should not happen)
+            out["ended_in"].append({"from": start, "error": f"unreadable JSON: {e}", "tail": p.stdout[-800:]})
+            break
+        out["device"] = j.get("device")
+        out["cases"] += j["cases"]
+        if not j.get("ended_in"):
+            break
+        # The case after the last recorded one ended the process: record it, go on after it.
+        tail = [l for l in p.stdout.splitlines() if l.strip()][-3:]
+        out["ended_in"].append({"case": j["ended_in"], "index": start + len(j["cases"]), "message": tail})
+        out["cases"].append({"op": j["ended_in"].split()[0], "case": j["ended_in"], "error": 1e308, "tol": 0,
+                             "ok": False, "ended_process": True})
+        start += len(j["cases"]) + 1
+    out["passed"] = sum(1 for c in out["cases"] if c["ok"])
+    out["failed"] = sum(1 for c in out["cases"] if not c["ok"])
+    json.dump(out, open(a.json, "w"), indent=1)
+    print(f"ops: {out['passed']} passed, {out['failed']} failed over {out['runs']} run(s)"
+          f"{'; ended the process: ' + ', '.join(e.get('case', '?') for e in out['ended_in']) if out['ended_in'] else ''}")
+    return 0 if out["failed"] == 0 else 1
 
 
 # ---------------------------------------------------------------------------- expected
@@ -229,7 +298,9 @@ def cmd_summary(a):
     counts = {}
     for s in steps:
         counts[s["status"]] = counts.get(s["status"], 0) + 1
-    summary = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "counts": counts, "steps": steps, "results": results}
+    env = results.get("env", {})
+    summary = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": env.get("nvidia_smi_l") or "no GPU",
+               "nvidia_smi": env.get("nvidia_smi"), "counts": counts, "steps": steps, "results": results}
     json.dump(summary, open(a.out, "w"), indent=1)
     print(f"summary: {', '.join(f'{v} {k}' for k, v in sorted(counts.items()))} -> {a.out}")
     return 0
@@ -256,13 +327,23 @@ def main():
         p.add_argument("--prefill", type=int, default=2048)
         p.add_argument("--timeout", type=int, default=300)
         p.add_argument("--modes", default="dense,identity:8,upcycle:8:2")
+    p = sub.add_parser("env")
+    p.add_argument("--json", required=True)
+    p = sub.add_parser("ops")
+    p.add_argument("--test", required=True, help="path of test_ops")
+    p.add_argument("--src", required=True)
+    p.add_argument("--backend", default="cuda")
+    p.add_argument("--wrap", default="", help="a command to run it under (compute-sanitizer)")
+    p.add_argument("--force-fail", default="")
+    p.add_argument("--timeout", type=int, default=600)
+    p.add_argument("--json", required=True)
     p = sub.add_parser("summary")
     p.add_argument("--steps", required=True)
     p.add_argument("--work", required=True)
     p.add_argument("--out", required=True)
     a = ap.parse_args()
-    return {"expected": cmd_expected, "backends": cmd_backends, "ranks": cmd_ranks, "perf8b": cmd_perf8b,
-            "summary": cmd_summary}[a.cmd](a)
+    return {"env": cmd_env, "ops": cmd_ops, "expected": cmd_expected, "backends": cmd_backends, "ranks": cmd_ranks,
+            "perf8b": cmd_perf8b, "summary": cmd_summary}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ llamoe_gpu_env() {
     return 0
   fi
   if ! ls "$debs"/*.deb > /dev/null 2>&1; then
-    echo "gpu_env: no MPI/hwloc/json-c/pcre2 on this machine and no .deb files in $debs (run tests/gpu/fetch_gpu_debs.sh and carry gpu-debs)" >&2
+    echo "gpu_env: no MPI/hwloc/json-c/pcre2 on this machine and no .deb files in $debs (make them with tests/gpu/fetch_gpu_debs.sh on a Debian 12 machine and copy gpu-debs/ with the tree)" >&2
     LLAMOE_DEPS=missing
     return 1
   fi

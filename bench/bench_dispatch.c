@@ -9,6 +9,7 @@
 // (dispatch + combine, its own share included, mean over ranks) / time, busbw = algbw (P-1)/P
 // as nccl-tests reports all-to-all, and #wrong: output rows that differ from the token's row
 // (the first expert has weight 1, the others 0) after the last exchange (must be 0).
+#include "base/rng.h"
 #include "parallel/comm.h"
 #include "runtime/moe.h"
 
@@ -19,11 +20,6 @@ static void copy_rows(void *ctx, moe_state *s, const moe_exchange_plan *plan) {
     memcpy(s->ye, s->xe, (size_t)s->offsets[s->n_local] * s->d * sizeof(float));
 }
 
-static uint64_t rng_state = 1;
-static uint32_t rng(void) {
-    rng_state ^= rng_state >> 12; rng_state ^= rng_state << 25; rng_state ^= rng_state >> 27;
-    return (uint32_t)((rng_state * 0x2545F4914F6CDD1DULL) >> 32);
-}
 
 typedef struct {
     int tokens;
@@ -57,13 +53,13 @@ int main(int argc, char **argv) {
     float *w = xcalloc((size_t)max_tokens * k, sizeof(float));
     int32_t *expert = xmalloc((size_t)max_tokens * k * sizeof(int32_t));
     for (int t = 0; t < max_tokens; t++) w[(size_t)t * k] = 1.0f;   // out = the token's own row
-    rng_state = 0x9E3779B97F4A7C15ULL ^ (uint64_t)(c->rank + 1) * 0xBF58476D1CE4E5B9ULL;
-    for (size_t i = 0; i < (size_t)max_tokens * d; i++) x[i] = (float)(rng() % 1000) / 999.0f;
+    rng_t rng = {rng_derive(1, 0x6469737061746368ull, (uint64_t)c->rank)};
+    for (size_t i = 0; i < (size_t)max_tokens * d; i++) x[i] = (float)(rng_next(&rng) % 1000) / 999.0f;
     for (int t = 0; t < max_tokens; t++) {       // k distinct experts, ascending
         int32_t *e = expert + (size_t)t * k;
         for (int j = 0; j < k; j++) {
             int again;
-            do { e[j] = (int32_t)(rng() % (uint32_t)E); again = 0; for (int i = 0; i < j; i++) again |= e[i] == e[j]; } while (again);
+            do { e[j] = (int32_t)(rng_next(&rng) % (uint64_t)E); again = 0; for (int i = 0; i < j; i++) again |= e[i] == e[j]; } while (again);
         }
         for (int a = 1; a < k; a++)
             for (int b = a; b > 0 && e[b] < e[b - 1]; b--) { int32_t tmp = e[b]; e[b] = e[b - 1]; e[b - 1] = tmp; }

@@ -31,8 +31,7 @@ static void bytes_reserve(bytes *b, size_t extra) {
     if (need <= b->cap) return;
     size_t cap = b->cap ? b->cap : 64;
     while (cap < need) cap *= 2;
-    b->p = realloc(b->p, cap);
-    if (!b->p) die("out of memory allocating %zu bytes", cap);
+    b->p = xrealloc(b->p, cap);
     b->cap = cap;
 }
 static void bytes_put(bytes *b, const void *s, size_t n) {
@@ -53,9 +52,8 @@ static void strlist_end(strlist *l, size_t start) {
     bytes_reserve(&l->buf, 0);   // an empty first string still needs a buffer for strlist_at
     if (l->n == l->cap) {
         l->cap = l->cap ? 2 * l->cap : 16;
-        l->off = realloc(l->off, l->cap * sizeof *l->off);
-        l->len = realloc(l->len, l->cap * sizeof *l->len);
-        if (!l->off || !l->len) die("out of memory growing a string list to %zu", l->cap);
+        l->off = xrealloc(l->off, l->cap * sizeof *l->off);
+        l->len = xrealloc(l->len, l->cap * sizeof *l->len);
     }
     l->off[l->n] = start;
     l->len[l->n] = l->buf.len - start;
@@ -137,10 +135,9 @@ static int32_t strmap_put(strmap *m, const char *s, size_t n, int32_t val) {
     }
     if (m->n == m->cap_n) {
         m->cap_n = m->cap_n ? 2 * m->cap_n : 64;
-        m->key_off = realloc(m->key_off, m->cap_n * sizeof *m->key_off);
-        m->key_len = realloc(m->key_len, m->cap_n * sizeof *m->key_len);
-        m->vals = realloc(m->vals, m->cap_n * sizeof *m->vals);
-        if (!m->key_off || !m->key_len || !m->vals) die("out of memory growing a map to %zu", m->cap_n);
+        m->key_off = xrealloc(m->key_off, m->cap_n * sizeof *m->key_off);
+        m->key_len = xrealloc(m->key_len, m->cap_n * sizeof *m->key_len);
+        m->vals = xrealloc(m->vals, m->cap_n * sizeof *m->vals);
     }
     m->key_off[m->n] = m->keys.len;
     m->key_len[m->n] = (uint32_t)n;
@@ -623,8 +620,7 @@ static int load_normalizer(loader *L, tokenizer *t, json_object *o, const char *
     }
     st.from = dup_bytes(a, na); st.from_len = na;
     st.to = dup_bytes(b, nb); st.to_len = nb;
-    t->norm = realloc(t->norm, (t->n_norm + 1) * sizeof *t->norm);
-    if (!t->norm) die("out of memory");
+    t->norm = xrealloc(t->norm, (t->n_norm + 1) * sizeof *t->norm);
     t->norm[t->n_norm++] = st;
     return 0;
 }
@@ -633,8 +629,7 @@ static int load_normalizer(loader *L, tokenizer *t, json_object *o, const char *
 static const char GPT2_REGEX[] = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
 
 static int push_pre(tokenizer *t, pre_step st) {
-    t->pre = realloc(t->pre, (t->n_pre + 1) * sizeof *t->pre);
-    if (!t->pre) die("out of memory");
+    t->pre = xrealloc(t->pre, (t->n_pre + 1) * sizeof *t->pre);
     t->pre[t->n_pre++] = st;
     return 0;
 }
@@ -758,8 +753,7 @@ static int load_decoder(loader *L, tokenizer *t, json_object *o, const char *whe
     }
     st.from = dup_bytes(a, na); st.from_len = na;
     st.to = dup_bytes(b, nb); st.to_len = nb;
-    t->dec = realloc(t->dec, (t->n_dec + 1) * sizeof *t->dec);
-    if (!t->dec) die("out of memory");
+    t->dec = xrealloc(t->dec, (t->n_dec + 1) * sizeof *t->dec);
     t->dec[t->n_dec++] = st;
     return 0;
 }
@@ -796,8 +790,7 @@ static int load_template(loader *L, tokenizer *t, json_object *o, const char *wh
             int64_t id = json_object_is_type(v, json_type_int) ? json_object_get_int64(v) : -1;
             if (id < 0 || id >= t->n_ids || t->piece_len[id] < 0)
                 return fail(L->err, "%s: %s.special_tokens[\"%s\"].ids[%zu]: not a token id", L->path, where, name, k);
-            *dst = realloc(*dst, (*ndst + 1) * sizeof **dst);
-            if (!*dst) die("out of memory");
+            *dst = xrealloc(*dst, (*ndst + 1) * sizeof **dst);
             (*dst)[(*ndst)++] = (int32_t)id;
         }
     }
@@ -918,8 +911,7 @@ typedef struct {
 static void emit(encoder *e, int32_t id) {
     if (e->n_ids == e->cap_ids) {
         e->cap_ids = e->cap_ids ? 2 * e->cap_ids : 256;
-        e->ids = realloc(e->ids, e->cap_ids * sizeof *e->ids);
-        if (!e->ids) die("out of memory growing token ids to %zu", e->cap_ids);
+        e->ids = xrealloc(e->ids, e->cap_ids * sizeof *e->ids);
     }
     e->ids[e->n_ids++] = id;
 }
@@ -927,8 +919,7 @@ static void emit(encoder *e, int32_t id) {
 static void heap_push(encoder *e, uint32_t rank, uint32_t pos) {
     if (e->n_heap == e->cap_heap) {
         e->cap_heap = e->cap_heap ? 2 * e->cap_heap : 64;
-        e->heap = realloc(e->heap, e->cap_heap * sizeof *e->heap);
-        if (!e->heap) die("out of memory");
+        e->heap = xrealloc(e->heap, e->cap_heap * sizeof *e->heap);
     }
     size_t i = e->n_heap++;
     bpe_merge m = {rank, pos};
@@ -1045,14 +1036,12 @@ static void bpe_piece(encoder *e, const char *s, size_t n) {
         size_t c = e->cache.n, k = e->n_ids - first;
         if (c == e->cap_cache) {
             e->cap_cache = e->cap_cache ? 2 * e->cap_cache : 256;
-            e->cache_off = realloc(e->cache_off, e->cap_cache * sizeof *e->cache_off);
-            e->cache_n = realloc(e->cache_n, e->cap_cache * sizeof *e->cache_n);
-            if (!e->cache_off || !e->cache_n) die("out of memory");
+            e->cache_off = xrealloc(e->cache_off, e->cap_cache * sizeof *e->cache_off);
+            e->cache_n = xrealloc(e->cache_n, e->cap_cache * sizeof *e->cache_n);
         }
         if (e->n_cache_ids + k > e->cap_cache_ids) {
             while (e->n_cache_ids + k > e->cap_cache_ids) e->cap_cache_ids = e->cap_cache_ids ? 2 * e->cap_cache_ids : 1024;
-            e->cache_ids = realloc(e->cache_ids, e->cap_cache_ids * sizeof *e->cache_ids);
-            if (!e->cache_ids) die("out of memory");
+            e->cache_ids = xrealloc(e->cache_ids, e->cap_cache_ids * sizeof *e->cache_ids);
         }
         memcpy(e->cache_ids + e->n_cache_ids, e->ids + first, k * sizeof *e->ids);
         e->cache_off[c] = e->n_cache_ids;
@@ -1410,8 +1399,7 @@ const char *tokenizer_stream_push(tokenizer_stream *s, int32_t id, size_t *len) 
     if (!valid_id(s->t, id)) return NULL;
     if (s->n == s->cap) {
         s->cap = s->cap ? 2 * s->cap : 16;
-        s->ids = realloc(s->ids, s->cap * sizeof *s->ids);
-        if (!s->ids) die("out of memory");
+        s->ids = xrealloc(s->ids, s->cap * sizeof *s->ids);
     }
     s->ids[s->n++] = id;
     size_t tail = stream_decode(s, true);

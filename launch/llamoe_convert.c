@@ -156,7 +156,7 @@ int main(int argc, char **argv) {
     // router and the experts.
     out_tensor *ts = NULL;
     int n = 0;
-    char name[256];
+    char name[sizeof ts->name];   // copied into out_tensor.name, so no longer than it
     add_copy(&ts, &n, &m.st, "model.embed_tokens.weight");
     for (int l = 0; l < c->n_layers; l++) {
         const layer_weights *L = &m.layers[l];

@@ -56,6 +56,24 @@ static inline const char *strlist_at(const strlist *l, size_t i) { return l->buf
 static inline void strlist_free(strlist *l) { bytes_free(&l->buf); free(l->off); free(l->len); *l = (strlist){0}; }
 static inline void strlist_swap(strlist *a, strlist *b) { strlist t = *a; *a = *b; *b = t; }
 
+// Appends s to out with every occurrence of from[0..nf) replaced by to[0..nt).
+static inline void replace_all(bytes *out, const char *s, size_t n, const char *from, size_t nf, const char *to, size_t nt) {
+    size_t i = 0, start = 0;
+    while (i + nf <= n) {
+        if (!memcmp(s + i, from, nf)) {
+            bytes_put(out, s + start, i - start);
+            bytes_put(out, to, nt);
+            i += nf;
+            start = i;
+        } else {
+            i++;
+        }
+    }
+    bytes_put(out, s + start, n - start);
+}
+
+// Leaves the normalized segment in e->na.
+
 // ---------------------------------------------------------------------------- hash maps
 static inline uint32_t hash_bytes(const char *s, size_t n) {   // FNV-1a; keys are short
     uint32_t h = 2166136261u;
@@ -322,3 +340,13 @@ struct tokenizer {
     uint8_t byte_char_len[256];
     int16_t char_byte[324];     // code point -> byte, -1 if not in the map
 };
+
+// An id that names a token: the id -> piece table may have gaps.
+static inline bool valid_id(const tokenizer *t, int32_t id) { return id >= 0 && id < t->n_ids && t->piece_len[id] >= 0; }
+
+// ---------------------------------------------------------------------------- decoding
+// Scratch of the decoder chain: two token lists (ping-pong) and the joined bytes.
+typedef struct { strlist a, b; bytes raw; } decoder_scratch;
+void decoder_scratch_free(decoder_scratch *d);
+// ids -> raw decoded bytes in d->raw (before UTF-8 replacement). ids must be valid.
+void decode_raw(const tokenizer *t, const int32_t *ids, size_t n, decoder_scratch *d);

@@ -72,8 +72,6 @@ static inline void replace_all(bytes *out, const char *s, size_t n, const char *
     bytes_put(out, s + start, n - start);
 }
 
-// Leaves the normalized segment in e->na.
-
 // ---------------------------------------------------------------------------- hash maps
 static inline uint32_t hash_bytes(const char *s, size_t n) {   // FNV-1a; keys are short
     uint32_t h = 2166136261u;
@@ -343,6 +341,41 @@ struct tokenizer {
 
 // An id that names a token: the id -> piece table may have gaps.
 static inline bool valid_id(const tokenizer *t, int32_t id) { return id >= 0 && id < t->n_ids && t->piece_len[id] >= 0; }
+
+// ---------------------------------------------------------------------------- encoding
+// Everything one encode call needs; nothing is written into the tokenizer, so several threads
+// may encode with one tokenizer at once.
+typedef struct { int32_t id, prev, next; uint32_t len; } bpe_symbol;   // len 0: merged away
+typedef struct { uint32_t rank, pos; } bpe_merge;
+
+typedef struct {
+    const tokenizer *t;
+    int32_t *ids;                 // output
+    size_t n_ids, cap_ids;
+    strlist pa, pb;               // pre-tokenization pieces, ping-pong
+    bytes na, nb;                 // normalization, ping-pong
+    strlist pc;                   // ByteLevel's own regex split
+    bytes tmp;
+    bpe_symbol *sym; size_t cap_sym;
+    bpe_merge *heap; size_t n_heap, cap_heap;
+    pcre2_match_data *md;
+    int regex_error;              // a PCRE2 error other than no-match (e.g. a resource limit)
+    strmap cache;                 // piece -> index into cache_off/cache_n
+    int32_t *cache_ids; size_t n_cache_ids, cap_cache_ids;
+    size_t *cache_off, *cache_n; size_t cap_cache;
+} encoder;
+
+// Appends one id to the output.
+static inline void emit(encoder *e, int32_t id) {
+    if (e->n_ids == e->cap_ids) {
+        e->cap_ids = e->cap_ids ? 2 * e->cap_ids : 256;
+        e->ids = xrealloc(e->ids, e->cap_ids * sizeof *e->ids);
+    }
+    e->ids[e->n_ids++] = id;
+}
+
+// BPE of one pre-tokenized piece, its ids appended to e->ids (tokenizer_bpe.c).
+void bpe_piece(encoder *e, const char *s, size_t n);
 
 // ---------------------------------------------------------------------------- decoding
 // Scratch of the decoder chain: two token lists (ping-pong) and the joined bytes.

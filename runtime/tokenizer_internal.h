@@ -1,7 +1,9 @@
 // Private to runtime/tokenizer*.c: what the files of the tokenizer share. The small containers
 // (byte strings, string lists, the string and pair hash maps) and the UTF-8 helpers are static
-// inline here because every stage calls them in its inner loops; then the pipeline components
-// as loaded from tokenizer.json and the tokenizer struct that holds them.
+// inline here because every stage calls them in its inner loops, as it did when the tokenizer
+// was one file. Then the pipeline components as loaded from tokenizer.json, the tokenizer struct
+// that holds them, the scratch of one encode and of one decode, and the functions one stage's
+// file calls in another's.
 #pragma once
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "runtime/tokenizer.h"
@@ -374,6 +376,8 @@ static inline void emit(encoder *e, int32_t id) {
     e->ids[e->n_ids++] = id;
 }
 
+// Normalizes and pre-tokenizes one segment, the pieces left in e->pa (tokenizer_pretok.c).
+void pre_tokenize_segment(encoder *e, const char *s, size_t n, bool at_start);
 // BPE of one pre-tokenized piece, its ids appended to e->ids (tokenizer_bpe.c).
 void bpe_piece(encoder *e, const char *s, size_t n);
 

@@ -88,6 +88,12 @@ void *xcalloc(size_t n, size_t size) {
     return p;
 }
 
+void *xrealloc(void *p, size_t n) {
+    void *q = fail_allocations ? NULL : realloc(p, n ? n : 1);   // realloc(p, 0) may free p
+    if (!q) die("out of memory allocating %zu bytes", n);
+    return q;
+}
+
 char *xstrdup(const char *s) {
     size_t n = strlen(s) + 1;
     char *p = xmalloc(n);

@@ -28,8 +28,9 @@ void set_error_prefix(const char *prefix);
 #define CHECK(cond) do { if (!(cond)) die("%s:%d: check failed: %s", __FILE__, __LINE__, #cond); } while (0)
 void *xmalloc(size_t n);               // die()s with the size on failure
 void *xcalloc(size_t n, size_t size);
+void *xrealloc(void *p, size_t n);     // p may be NULL; die()s with the size on failure
 char *xstrdup(const char *s);
-// Test hook (runtime/fault.c): from now on xmalloc/xcalloc fail as if malloc returned NULL.
+// Test hook (runtime/fault.c): from now on xmalloc/xcalloc/xrealloc fail as if malloc returned NULL.
 void fault_fail_allocations(void);
 
 // ---------------------------------------------------------------------------- arithmetic

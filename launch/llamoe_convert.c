@@ -31,8 +31,7 @@ static size_t tensor_bytes(const out_tensor *t) {
 static void add_copy(out_tensor **v, int *n, const st_set *st, const char *name) {
     const st_tensor *t = st_find(st, name);
     if (!t) die("%s: tensor missing", name);
-    *v = realloc(*v, (size_t)(*n + 1) * sizeof(out_tensor));
-    CHECK(*v);
+    *v = xrealloc(*v, (size_t)(*n + 1) * sizeof(out_tensor));
     out_tensor *o = &(*v)[(*n)++];
     memset(o, 0, sizeof *o);
     snprintf(o->name, sizeof o->name, "%s", name);
@@ -48,8 +47,7 @@ static void add_copy(out_tensor **v, int *n, const st_set *st, const char *name)
 
 static void add_matrix(out_tensor **v, int *n, const char *name, dtype_t dt, int64_t rows, int64_t cols,
                        weight_t src, float scale) {
-    *v = realloc(*v, (size_t)(*n + 1) * sizeof(out_tensor));
-    CHECK(*v);
+    *v = xrealloc(*v, (size_t)(*n + 1) * sizeof(out_tensor));
     out_tensor *o = &(*v)[(*n)++];
     memset(o, 0, sizeof *o);
     snprintf(o->name, sizeof o->name, "%s", name);
@@ -158,7 +156,7 @@ int main(int argc, char **argv) {
     // router and the experts.
     out_tensor *ts = NULL;
     int n = 0;
-    char name[256];
+    char name[sizeof ts->name];   // copied into out_tensor.name, so no longer than it
     add_copy(&ts, &n, &m.st, "model.embed_tokens.weight");
     for (int l = 0; l < c->n_layers; l++) {
         const layer_weights *L = &m.layers[l];

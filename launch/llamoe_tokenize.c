@@ -22,8 +22,7 @@ static char *read_stdin(size_t *len) {
         n += got;
         if (cap - n - 1 == 0) {
             cap *= 2;
-            buf = realloc(buf, cap);
-            if (!buf) die("out of memory reading standard input (%zu bytes)", cap);
+            buf = xrealloc(buf, cap);
         }
     }
     if (ferror(stdin)) die("cannot read standard input");

@@ -136,8 +136,7 @@ int parse_id_list(const char *s, prompt *p) {
         if (p->n == INT32_MAX) goto not_ids;   // cannot happen below the 256 MB file limit
         if ((size_t)p->n == cap) {
             cap *= 2;
-            p->ids = realloc(p->ids, cap * sizeof(int32_t));
-            CHECK(p->ids);
+            p->ids = xrealloc(p->ids, cap * sizeof(int32_t));
         }
         p->ids[p->n++] = (int32_t)v;
         c = end;
@@ -202,8 +201,7 @@ int prompts_parse(const char *path, char *text, size_t len, const tokenizer *tok
         }
         if (n == cap) {
             cap *= 2;
-            ps = realloc(ps, (size_t)cap * sizeof(prompt));
-            CHECK(ps);
+            ps = xrealloc(ps, (size_t)cap * sizeof(prompt));
         }
         if (parse_id_list(line, &ps[n]) != 0) {
             char what[600];

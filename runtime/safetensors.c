@@ -391,8 +391,7 @@ static int open_index(st_set *s, const char *dir, const char *index_path, llamoe
                 rc = fail(err, "%s: more than %d tensors over all shards", path, INT32_MAX - 1);
             } else {
                 s->n_files = f + 1;
-                s->tensors = realloc(s->tensors, ((size_t)s->n_tensors + (size_t)n + 1) * sizeof *s->tensors);
-                CHECK(s->tensors);
+                s->tensors = xrealloc(s->tensors, ((size_t)s->n_tensors + (size_t)n + 1) * sizeof *s->tensors);
                 for (int i = 0; i < n; i++) ts[i].file_index = f;
                 memcpy(s->tensors + s->n_tensors, ts, (size_t)n * sizeof *ts);
                 s->n_tensors += n;

@@ -1,5 +1,6 @@
 // Hugging Face tokenizer.json: byte-level BPE (Llama 3) and SentencePiece-style BPE with
-// byte fallback (Llama 2 / the bundled stories260k model).
+// byte fallback (Llama 2 / the bundled stories260k model). The code is runtime/tokenizer*.c, one
+// file per stage of the pipeline; runtime/tokenizer.c lists them.
 #pragma once
 #include "base/common.h"
 

@@ -22,12 +22,11 @@ static void append_texts(const char *path, const char *array_key, char **buf, si
         if (!json_object_object_get_ex(json_object_array_get_idx(cases, i), "text", &text)) continue;
         size_t n = (size_t)json_object_get_string_len(text);
         if (n == 0) continue;
-        if (*len + n + 1 > *cap) { *cap = 2 * (*len + n + 1); *buf = realloc(*buf, *cap); CHECK(*buf); }
+        if (*len + n + 1 > *cap) { *cap = 2 * (*len + n + 1); *buf = xrealloc(*buf, *cap); }
         memcpy(*buf + *len, json_object_get_string(text), n);
         *len += n;
         (*buf)[(*len)++] = '\n';   // texts are separated so words do not run together
-        *ends = realloc(*ends, (*n_ends + 1) * sizeof **ends);
-        CHECK(*ends);
+        *ends = xrealloc(*ends, (*n_ends + 1) * sizeof **ends);
         (*ends)[(*n_ends)++] = *len;
     }
     json_object_put(root);
@@ -68,8 +67,7 @@ int main(int argc, char **argv) {
         if (!one) die("%s", err.msg);
         for (size_t i = 0; i < one_len; i++) {
             if (one[i] != '\n' && i + 1 < one_len) continue;
-            ends = realloc(ends, (n_texts + 1) * sizeof *ends);
-            CHECK(ends);
+            ends = xrealloc(ends, (n_texts + 1) * sizeof *ends);
             ends[n_texts++] = i + 1;
         }
     } else {

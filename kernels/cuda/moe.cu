@@ -118,9 +118,8 @@ static void add_gemv_pair(gemv_job **up, gemv_job **down, int *n, int *cap, cons
     int64_t d = ex->w2[e].rows, ff = ex->w1[e].rows;
     if (*n == *cap) {
         *cap = *cap ? 2 * *cap : 16;
-        *up = (gemv_job *)realloc(*up, (size_t)*cap * sizeof(gemv_job));
-        *down = (gemv_job *)realloc(*down, (size_t)*cap * sizeof(gemv_job));
-        CHECK(*up && *down);
+        *up = (gemv_job *)xrealloc(*up, (size_t)*cap * sizeof(gemv_job));
+        *down = (gemv_job *)xrealloc(*down, (size_t)*cap * sizeof(gemv_job));
     }
     gemv_job *u = &(*up)[*n], *dn = &(*down)[*n];
     (*n)++;

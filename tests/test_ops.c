@@ -262,7 +262,7 @@ static double case_expert_ffn(const test_case *c) {
     expert_set host = {E, w1, w3, w2}, dev = {E, b1, b3, b2};
     size_t count = (size_t)offsets[E] * d;
     float *x = rand_floats(count, 1), *want = xmalloc(sizeof(float) * (count + 1));
-    float *dx = to_be(x, count * 4 + 4), *dy = be->alloc(be, count * 4 + 4);
+    float *dx = to_be(x, count * 4), *dy = be->alloc(be, count * 4 + 4);
     int64_t *doff = to_be(offsets, sizeof(int64_t) * (E + 1));
     be->expert_ffn(be, dy, dx, doff, device_offsets ? NULL : offsets, offsets[E], &dev);
     if (ref) ref->expert_ffn(ref, want, x, offsets, offsets, offsets[E], &host);
@@ -629,16 +629,19 @@ static int invariance_matmul_batch(void) {
     int bad = 0, rows = 1000, cols = 4096, who = 3;
     weight_t h = rand_weight_host(rows, cols, cols, DT_BF16, 1), w = weight_to_be(&h);
     float *x = rand_floats((size_t)7 * cols, 1), *dx = to_be(x, (size_t)7 * cols * 4);
+    float *x5 = rand_floats((size_t)5 * cols, 1);
+    memcpy(x5, x + (size_t)who * cols, sizeof(float) * cols);   // token `who` first in a batch of 5
+    float *dx5 = to_be(x5, (size_t)5 * cols * 4);
     float *d1 = be->alloc(be, sizeof(float) * rows), *d7 = be->alloc(be, sizeof(float) * 7 * rows);
     float *d5 = be->alloc(be, sizeof(float) * 5 * rows);
     be->matmul(be, d1, dx + (size_t)who * cols, &w, 1);
     be->matmul(be, d7, dx, &w, 7);
-    be->matmul(be, d5, dx + (size_t)who * cols, &w, 5);
+    be->matmul(be, d5, dx5, &w, 5);
     float *a = from_be(d1, (size_t)rows * 4), *b = from_be(d7, (size_t)7 * rows * 4), *c5 = from_be(d5, (size_t)5 * rows * 4);
     bad |= bitwise("matmul: alone vs in a batch of 7", a, b + (size_t)who * rows, rows);
     bad |= bitwise("matmul: alone vs first of 5", a, c5, rows);
-    free(a); free(b); free(c5); free(x); free((void *)h.data);
-    be_free(dx); be_free(d1); be_free(d7); be_free(d5); be_free(w.data);
+    free(a); free(b); free(c5); free(x); free(x5); free((void *)h.data);
+    be_free(dx); be_free(dx5); be_free(d1); be_free(d7); be_free(d5); be_free(w.data);
     return bad;
 }
 

@@ -56,10 +56,6 @@ static void take(packing *k, int i) {
     k->rank_load[r] -= k->items[i].share;
 }
 
-static int held_before(const packing *k, int r, int e) {
-    return k->held_before && k->held_before[(size_t)r * k->E + e];
-}
-
 // The free slots left all sit on ranks that already hold item i's expert. A rank a without it
 // has no free slot, and (slot counts differing by at most one) holds some expert f that the
 // free rank b lacks: f moves to b and item i takes its place on a.
@@ -79,6 +75,76 @@ static void repair(packing *k, int i, int n_placed) {
         }
     }
     die("balance: no rank can take another copy of expert %d", e);   // ruled out above
+}
+
+// Step 2b: greedy packing ends with the light copies wherever slots are left, which can leave
+// a rank with more slots than others overloaded. Swap a copy on the busiest rank with a
+// lighter one elsewhere while that lowers the larger of the two ranks' loads below the busiest
+// load (best swap first, ties to the lower indices; a bounded number of rounds).
+static void refine(packing *k, int S) {
+    double total = 0;
+    for (int r = 0; r < k->P; r++) total += k->rank_load[r];
+    double eps = 1e-12 * (total > 0 ? total : 1);
+    for (int round = 0; round < 4 * S; round++) {
+        int a = 0;
+        for (int r = 1; r < k->P; r++)
+            if (k->rank_load[r] > k->rank_load[a]) a = r;
+        double best = k->rank_load[a] - eps;
+        int bi = -1, bj = -1;
+        for (int i = 0; i < S; i++) {
+            if (k->item_rank[i] != a) continue;
+            for (int j = 0; j < S; j++) {
+                int b = k->item_rank[j];
+                double d = k->items[i].share - k->items[j].share;
+                if (b == a || d <= 0) continue;
+                int ei = k->items[i].e, ej = k->items[j].e;
+                if (k->holds[(size_t)b * k->E + ei] || k->holds[(size_t)a * k->E + ej]) continue;
+                double la = k->rank_load[a] - d, lb = k->rank_load[b] + d, worse = la > lb ? la : lb;
+                if (worse < best) {
+                    best = worse;
+                    bi = i;
+                    bj = j;
+                }
+            }
+        }
+        if (bi < 0) return;
+        int b = k->item_rank[bj];
+        take(k, bi);
+        take(k, bj);
+        put(k, bi, b);
+        put(k, bj, a);
+    }
+}
+
+// Step 3a: ranks are interchangeable in the packing, so each new rank's set of experts goes
+// to the old rank (with as many slots) that held most of them: the loads stay, fewer weights
+// move. Greedy on the largest overlap, ties to the lower ranks. holds is rewritten.
+static void relabel(packing *k, const expert_placement *blocks) {
+    int P = k->P, E = k->E;
+    int *to = xmalloc((size_t)P * sizeof(int)), *taken = xcalloc((size_t)P, sizeof(int));
+    for (int r = 0; r < P; r++) to[r] = -1;
+    for (int round = 0; round < P; round++) {
+        int bn = -1, bo = -1, best = -1;
+        for (int rn = 0; rn < P; rn++) {
+            if (to[rn] >= 0) continue;
+            for (int ro = 0; ro < P; ro++) {
+                if (taken[ro] || placement_count(blocks, ro) != placement_count(blocks, rn)) continue;
+                int overlap = 0;
+                for (int e = 0; e < E; e++)
+                    overlap += k->holds[(size_t)rn * E + e] && k->held_before[(size_t)ro * E + e];
+                if (overlap > best) { best = overlap; bn = rn; bo = ro; }
+            }
+        }
+        CHECK(bn >= 0);
+        to[bn] = bo;
+        taken[bo] = 1;
+    }
+    unsigned char *moved = xmalloc((size_t)P * E);
+    for (int rn = 0; rn < P; rn++) memcpy(moved + (size_t)to[rn] * E, k->holds + (size_t)rn * E, (size_t)E);
+    memcpy(k->holds, moved, (size_t)P * E);
+    free(moved);
+    free(to);
+    free(taken);
 }
 
 void balance_layer(int32_t *logical, const int64_t *load, int E, int S, int P, const int32_t *previous) {
@@ -109,13 +175,13 @@ void balance_layer(int32_t *logical, const int64_t *load, int E, int S, int P, c
         int e = items[i].e, best = -1;
         for (int r = 0; r < P; r++) {
             if (k.free_slots[r] == 0 || k.holds[(size_t)r * E + e]) continue;
-            if (best < 0 || k.rank_load[r] < k.rank_load[best] ||
-                (k.rank_load[r] == k.rank_load[best] && held_before(&k, r, e) && !held_before(&k, best, e)))
-                best = r;
+            if (best < 0 || k.rank_load[r] < k.rank_load[best]) best = r;
         }
         if (best >= 0) put(&k, i, best);
         else repair(&k, i, i);
     }
+    refine(&k, S);
+    if (previous) relabel(&k, &blocks);
 
     // Step 3: slots. A rank's experts: first those keeping their previous slot, then the rest
     // in ascending order into the slots left.

@@ -17,10 +17,13 @@
 //   1. replicate: S - E times, one more copy of the expert with the highest load per copy
 //      (ties to the lower expert; at most one copy per rank);
 //   2. pack: the copies by load per copy, heaviest first (ties to the lower expert), each to
-//      the least-loaded rank with a free slot and no copy of that expert yet (ties: a rank
-//      that held the expert in `previous`, then the lower rank);
-//   3. slots: an expert a rank held in `previous` keeps its slot there (fewer weights move);
-//      the others take the free slots in ascending expert order.
+//      the least-loaded rank with a free slot and no copy of that expert yet (ties to the
+//      lower rank); then swaps of a copy on the
+//      busiest rank with a lighter one elsewhere while they lower the busiest load (ranks
+//      with one slot more than others end up with the light copies greedy packing leaves);
+//   3. slots: with `previous`, each rank's new set of experts goes to the rank (with as many
+//      slots) that held most of them, and an expert a rank held keeps its slot there (fewer
+//      weights move); the others take the free slots in ascending expert order.
 // previous: the layer's current row (S entries), or NULL.
 void balance_layer(int32_t *logical, const int64_t *load, int E, int S, int P, const int32_t *previous);
 

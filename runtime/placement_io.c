@@ -245,7 +245,7 @@ int load_profile_write(const char *path, const char *model_dir, const char *moe,
     out_file f;
     int rc = out_file_open(&f, path, err);
     if (rc == 0) {
-        fprintf(f.f, "%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+        fprintf(f.f, "%s\n", json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE));
         rc = out_file_commit(&f, err);
     }
     json_object_put(o);

@@ -15,6 +15,10 @@ measurements in bench/published_a2a.json). Writes into DIR:
 Models: a synthetic dense Llama made with llamoe-mkmodel (or --model), and the upcycle and
 production modes converted once with llamoe-convert into Mixtral checkpoints (same experts
 and routers as the on-the-fly modes; distinct weights per expert in memory).
+--balanced adds the balanced series: production:8:2 again at every P > 1 with the placement
+balanced on the load the P = 1 run of the same point measured (--placement balanced
+--redundant-experts P --load-profile), measured, and modelled up to 8 devices with the rank
+imbalance that placement leaves (build/bench_balance on the same profile).
 """
 import argparse
 import csv
@@ -48,6 +52,7 @@ SWEEPS = {
               "steps": 3, "warmup": 1, "repeats": 1},
 }
 MODES = ["dense", "identity:8", "upcycle:8:2", "production:8:2"]
+BALANCED = "production:8:2+balanced"   # the balanced series: production:8:2, R = P copies
 PREFILL_SEQS = 8   # a prefill of T tokens is 8 sequences of T/8 tokens, spread over the ranks
 COMPONENTS = ["attention_s", "router_s", "dispatch_s", "experts_s", "combine_s", "dense_ffn_s",
               "lm_head_s", "other_s", "forward_s"]
@@ -58,7 +63,7 @@ CSV_COLUMNS = [
     "lm_head_ms", "other_ms", "dispatch_min_ms", "combine_min_ms", "experts_mean_ms",
     "bytes_sent_rank", "bytes_recv_rank", "dispatch_bytes_rank", "rows_sent_rank",
     "expert_imbalance", "expert_imbalance_worst_layer", "rank_imbalance",
-    "peak_rss_mb", "expert_weights_mb", "eos_stops",
+    "peak_rss_mb", "expert_weights_mb", "eos_stops", "redundant", "step_rank_imbalance",
 ]
 OVERSUB_NOTE = "oversubscribed: traffic and correctness, not speed"
 
@@ -91,6 +96,8 @@ def parse_args():
     ap.add_argument("--timeout", type=int, default=600, help="seconds per run (default 600)")
     ap.add_argument("--remodel", action="store_true",
                     help="no runs: redo the model, plots and markdown from OUT/scaling.json")
+    ap.add_argument("--balanced", action="store_true",
+                    help="add the balanced series (production:8:2 with a balanced placement, R = P)")
     a = ap.parse_args()
     size = "quick" if a.quick else "default"
     sweep = dict(SWEEPS[size])
@@ -110,6 +117,10 @@ def parse_args():
     for m in sweep["modes"]:
         if m not in MODES:
             die(f"--modes: {m} is not one of {', '.join(MODES)}")
+    if a.balanced:
+        if "production:8:2" not in sweep["modes"]:
+            die("--balanced: the balanced series balances production:8:2 (add it to --modes)")
+        sweep["modes"] = sweep["modes"] + [BALANCED]
     if a.docs is None:
         a.docs = "none" if a.quick else os.path.join(SRC, "docs", "benchmarks.md")
     a.size, a.sweep = size, sweep
@@ -178,8 +189,12 @@ def prepare_models(a, build):
                     a.timeout, "llamoe-convert")
                 open(stamp_file, "w").write(stamp)
             out[mode] = (conv, None)
+        elif mode == BALANCED:
+            pass
         else:
             out[mode] = (dense, mode)
+    if BALANCED in a.sweep["modes"]:
+        out[BALANCED] = out["production:8:2"]
     return out, cfg
 
 
@@ -202,7 +217,12 @@ def write_prompts(path, phase, load, vocab):
     open(path, "w").write("\n".join(lines) + "\n")
 
 
-def run_point(a, build, model_dir, moe_arg, phase, load, P, vocab, tmp):
+def profile_path(tmp, phase, load):
+    """Where the P = 1 production:8:2 run of a point writes its load profile."""
+    return os.path.join(tmp, f"profile-{phase}-{load}.json")
+
+
+def run_point(a, build, model_dir, moe_arg, phase, load, P, vocab, tmp, mode=None):
     sw = a.sweep
     prompts = os.path.join(tmp, f"prompts-{phase}-{load}.txt")
     if not os.path.exists(prompts):
@@ -218,6 +238,11 @@ def run_point(a, build, model_dir, moe_arg, phase, load, P, vocab, tmp):
            "--step-tokens", str(step_tokens), "--json", "--stats", "--verbose"]
     if moe_arg:
         cmd += ["--moe", moe_arg]
+    if mode == "production:8:2" and P == 1 and BALANCED in sw["modes"]:
+        cmd += ["--write-load-profile", profile_path(tmp, phase, load)]
+    if mode == BALANCED:
+        cmd += ["--placement", "balanced", "--redundant-experts", str(P), "--load-profile",
+                profile_path(tmp, phase, load)]
     if a.backend:
         cmd += ["--backend", a.backend]
     cmd += a.ep_args.split()
@@ -242,7 +267,11 @@ def summarise(j, phase, load, P, mode, cfg, machine, repeats, spread):
     E = 0 if mode == "dense" else int(mode.split(":")[1])
     tpe = j.get("tokens_per_expert") or []
     exp_imb = [sm.max_over_mean(layer) for layer in tpe if sum(layer)]
-    rank_imb = [sm.max_over_mean(sm.rank_loads(layer, P)) for layer in tpe if sum(layer)] if P > 1 else []
+    bal = j.get("balance")
+    if bal and P > 1:   # what each rank's experts computed (any placement)
+        rank_imb = [sm.max_over_mean(l["rank_pairs"]) for l in bal["layers"] if sum(l["rank_pairs"])]
+    else:               # the contiguous placement's ranks, from the per-expert counts
+        rank_imb = [sm.max_over_mean(sm.rank_loads(layer, P)) for layer in tpe if sum(layer)] if P > 1 else []
     cores = machine["cores"]
     seqs = load if phase == "decode" else PREFILL_SEQS
     per_seq = 1 if phase == "decode" else load // PREFILL_SEQS
@@ -267,6 +296,8 @@ def summarise(j, phase, load, P, mode, cfg, machine, repeats, spread):
         "rank_imbalance": sum(rank_imb) / len(rank_imb) if rank_imb else 1.0,
         "peak_rss_mb": t["peak_rss_mb_max_rank"], "expert_weights_mb": mx["expert_weights_mb"],
         "eos_stops": sum(1 for r in results if r.get("stop") == "eos"),
+        "redundant": (j.get("placement") or {}).get("redundant", 0),
+        "step_rank_imbalance": bal["step_imbalance_mean"] if bal and P > 1 else (1.0 if E else 0.0),
     })
     return row
 
@@ -286,6 +317,8 @@ def sweep(a, build, models, cfg, machine):
                 if E and P > E:
                     log(f"skip {mode} on {P} ranks: more ranks than experts")
                     continue
+                if mode == BALANCED and (P == 1 or 1 not in sw["ranks"]):
+                    continue   # needs the P = 1 run's profile; one rank has nothing to balance
                 points.append((phase, load, mode, P))
     runs = {p: [] for p in points}
     for rep in range(sw["repeats"]):
@@ -293,7 +326,7 @@ def sweep(a, build, models, cfg, machine):
             if rep > 0 and P > machine["cores"]:
                 continue   # oversubscribed points: one run (not a speed figure anyway)
             model_dir, moe_arg = models[mode]
-            j = run_point(a, build, model_dir, moe_arg, phase, load, P, cfg["vocab_size"], tmp)
+            j = run_point(a, build, model_dir, moe_arg, phase, load, P, cfg["vocab_size"], tmp, mode)
             runs[(phase, load, mode, P)].append(j)
             st = j["per_rank_max"]["forward_s"] / max(1, j["timings"]["steps"])
             log(f"[{rep + 1}/{sw['repeats']}] {phase:7s} {load:5d} {mode:15s} P={P}: step {1e3 * st:9.2f} ms"
@@ -310,10 +343,38 @@ def sweep(a, build, models, cfg, machine):
     return rows, raw
 
 
+def expected_balance(a, build, models, tmp):
+    """The rank imbalance each balanced placement leaves on the load profile it was made from
+    (build/bench_balance: no runs, the algorithm alone): {phase: {load: {P: {"contiguous",
+    "balanced" (mean over layers), "contiguous_worst", "balanced_worst"}}}}."""
+    if BALANCED not in a.sweep["modes"]:
+        return None
+    out = {}
+    ranks = sorted(set([2, 4, 8] + [p for p in a.sweep["ranks"] if p > 1]))
+    for phase, loads in (("decode", a.sweep["decode"]), ("prefill", a.sweep["prefill"])):
+        for load in loads:
+            prof = profile_path(tmp, phase, load)
+            if not os.path.exists(prof):
+                continue
+            res = {}
+            for P in ranks:
+                js = os.path.join(tmp, f"balance-{phase}-{load}-{P}.json")
+                run([os.path.join(build, "bench_balance"), "-m", models["production:8:2"][0], "--load-profile", prof,
+                     "--ranks", str(P), "--redundant", "P", "--json", js], a.timeout, "bench_balance")
+                pt = json.load(open(js))["points"][0]
+                mean = lambda xs: sum(xs) / len(xs)
+                res[str(P)] = {"contiguous": mean(pt["contiguous"]), "balanced": mean(pt["balanced"]),
+                               "contiguous_worst": max(pt["contiguous"]), "balanced_worst": max(pt["balanced"])}
+            out.setdefault(phase, {})[str(load)] = res
+    return out
+
+
 # ---------------------------------------------------------------------------- the model
-def model_section(rows, cfg):
+def model_section(rows, cfg, balance=None):
     """Fits the CPU transport, checks the model against the measured runs, and predicts
-    P up to 64 (MODELLED). Returns (model dict, prediction rows)."""
+    P up to 64 (MODELLED; the balanced series up to 8 with `balance`, the expected rank
+    imbalance of the balanced placements, see expected_balance). Returns (model dict,
+    prediction rows)."""
     d, L = cfg["hidden_size"], cfg["num_hidden_layers"]
     moe_rows = [r for r in rows if r["mode"] != "dense"]
     kk = lambda mode: (8, 8) if mode.startswith("identity") else (8, 2)
@@ -393,7 +454,7 @@ def model_section(rows, cfg):
         sm.links()
     except ValueError as e:
         die(str(e))
-    preds = predict(rows, cfg)
+    preds = predict(rows, cfg, balance)
     model = {
         "label": "MODELLED",
         "cpu_fit": {"alpha_s": alpha, "beta_bytes_per_s": beta, "points": len(fit_pts),
@@ -428,22 +489,29 @@ COMM_VARIANTS = {
 }
 
 
-def predict(rows, cfg):
+def predict(rows, cfg, balance=None):
     """Step time and efficiency for P = 1..64 (MODELLED): this model with the measured P = 1
     per-rank compute (CPU) and modelled links, and the Llama-3.1-8B shape on H100 (roofline)
     with every data path of COMM_VARIANTS; the h100_8b_* columns without a suffix are the
-    headline path's (sm.HEADLINE_PATH)."""
+    headline path's (sm.HEADLINE_PATH). With `balance` also the balanced series up to P = 8:
+    production:8:2 whose router skew is scaled by what the balanced placement leaves of the
+    contiguous one's imbalance on the measured profile (balanced / contiguous, expected); the
+    uniform-routing sampling term of a step stays."""
     d, L = cfg["hidden_size"], cfg["num_hidden_layers"]
     links = sm.links()
     out = []
     Ps = [1, 2, 4, 8, 16, 32, 64]
     base = [r for r in rows if r["ranks"] == 1 and r["mode"] in ("upcycle:8:2", "production:8:2")]
-    for mode in ("upcycle:8:2", "production:8:2"):
+    variants = [("upcycle:8:2", None), ("production:8:2", None)] + ([("production:8:2", balance)] if balance else [])
+    for mode, bal in variants:
         for phase in ("decode", "prefill"):
             pts = sorted((r for r in base if r["mode"] == mode and r["phase"] == phase), key=lambda r: r["load"])
             if not pts:
                 continue
             N = pts[-1]["load"]                      # the largest measured global load
+            bal_point = bal.get(phase, {}).get(str(N)) if bal else None
+            if bal and not bal_point:
+                continue
             per_seq = 1 if phase == "decode" else N // PREFILL_SEQS
             # per-rank compute from the P = 1 runs: attention and the rest interpolated in
             # tokens, experts as w * experts touched + c * pairs (fitted over all loads).
@@ -458,9 +526,15 @@ def predict(rows, cfg):
             sys_skew = max(1.0, sys_skew)
             t1 = t18 = None
             for P in Ps:
+                if bal and P > 8:
+                    break                            # the profile has 8 experts
                 E = max(8, P)                        # P > 8: one expert per rank (E = P, same size)
                 n = math.ceil(N / P)                 # enough sequences for every rank
-                imb = sm.mc_rank_imbalance(N, E, 2, P) * (sys_skew if P > 1 else 1.0)
+                skew = sys_skew
+                if bal and P > 1:   # what of the router's skew the balanced placement leaves
+                    b = bal_point[str(P)]
+                    skew = sys_skew * b["balanced"] / b["contiguous"] if b["contiguous"] > 0 else 1.0
+                imb = sm.mc_rank_imbalance(N, E, 2, P) * (max(1.0, skew) if P > 1 else 1.0)
                 pairs = N * 2 / P * imb
                 touched = sm.experts_touched(N, 2, E, P)
                 tb = sm.layer_bytes(n, d, E, 2, P)
@@ -480,7 +554,7 @@ def predict(rows, cfg):
                 if t1 is None:
                     t1, t18 = step, comp8
                 row = {
-                    "label": "MODELLED", "mode": mode, "phase": phase, "global_load": N, "ranks": P,
+                    "label": "MODELLED", "mode": BALANCED if bal else mode, "phase": phase, "global_load": N, "ranks": P,
                     "experts": E, "tokens_per_rank": n, "rank_imbalance": imb,
                     "bytes_per_rank_step": L * (tb["dispatch"] + tb["combine"]),
                     "reduced_bytes_per_rank_step": L * (tb["dispatch"] + tb["reduced"]),
@@ -517,6 +591,7 @@ PLOTS = {
     "bytes.png": "Bytes sent per rank per step: measured points, modelled lines",
     "model_efficiency.png": "MODELLED scaling efficiency, P up to 64",
     "a2a_validation.png": "MODELLED all-to-all time against PUBLISHED measurements",
+    "balanced.png": "production:8:2 with and without a balanced placement: MEASURED here, MODELLED on 8 H100s",
 }
 
 
@@ -598,6 +673,56 @@ def plots(out, rows, preds, model):
                    f'for [i=0:{n - 1}] "{f}" index i using 1:4 with linespoints dt 3 lc i+1 notitle',
                    "unset logscale", "set yrange [*:*]"]
         written.append("model_efficiency.png")
+    bal = [r for r in rows if r["mode"] == BALANCED]
+    if bal:
+        f = os.path.join(dat, "balanced.dat")
+        series = []
+        with open(f, "w") as fh:
+            for phase in ("decode", "prefill"):
+                sel = [r for r in rows if r["phase"] == phase and r["mode"] in ("production:8:2", BALANCED)]
+                if not sel:
+                    continue
+                load = max(r["load"] for r in sel if r["mode"] == BALANCED) if any(r["mode"] == BALANCED for r in sel) else None
+                if load is None:
+                    continue
+                for mode in ("production:8:2", BALANCED):
+                    fh.write(f'"{phase} {load}, {"balanced" if mode == BALANCED else "contiguous"}"\n')
+                    for r in sorted((r for r in sel if r["mode"] == mode and r["load"] == load and r["ranks"] > 1),
+                                    key=lambda r: r["ranks"]):
+                        fh.write(f'{r["ranks"]} {r["step_ms"]:.4f} {r["bytes_sent_rank"] / 1e6:.6f}\n')
+                    fh.write("\n\n")
+                    series.append(mode)
+            for phase in ("decode", "prefill"):
+                for mode in ("production:8:2", BALANCED):
+                    ps = sorted((p for p in preds if p["mode"] == mode and p["phase"] == phase and p["ranks"] <= 8),
+                                key=lambda p: p["ranks"])
+                    if not ps or not any(p["mode"] == BALANCED and p["phase"] == phase for p in preds):
+                        continue
+                    fh.write(f'"8B/H100 {phase} {ps[0]["global_load"]}, {"balanced" if mode == BALANCED else "contiguous"}"\n')
+                    for p in ps:
+                        fh.write(f'{p["ranks"]} {p["h100_8b_step_ms"]:.4f} {p["h100_8b_bytes_busiest_step"] / 1e6:.6f}\n')
+                    fh.write("\n\n")
+                    series.append("model")
+        n_meas = sum(1 for x in series if x != "model")
+        n_all = len(series)
+        # blocks come in pairs (contiguous, balanced): solid and dashed lines of one colour
+        pair = lambda lo, hi, col: (f'for [i={lo}:{hi}:2] "{f}" index i using 1:{col} with linespoints lc (i-{lo})/2+1 '
+                                    f'dt 1 pt 7 title columnheader(1), for [i={lo + 1}:{hi}:2] "{f}" index i using '
+                                    f'1:{col} with linespoints lc (i-{lo}-1)/2+1 dt 3 pt 6 title columnheader(1)')
+        script += ['set terminal pngcairo size 1100,900 font ",10"' if "pngcairo" in script[0] else script[0],
+                   f'set output "{os.path.join(out, "balanced.png")}"', "set multiplot layout 2,2",
+                   "set logscale y", "set key inside bottom right", "set xlabel 'ranks P'",
+                   "set title 'MEASURED here: step ms, slowest rank (dashed: balanced)'", "set ylabel 'ms per step'",
+                   f"plot {pair(0, n_meas - 1, 2)}",
+                   "set title 'MEASURED here: MB sent per rank per step (dashed: balanced)'", "set ylabel 'MB'",
+                   f"plot {pair(0, n_meas - 1, 3)}"]
+        if n_all > n_meas:
+            script += ["set title 'MODELLED, 8B on H100s: step ms (dashed: balanced)'", "set ylabel 'ms per step'",
+                       f"plot {pair(n_meas, n_all - 1, 2)}",
+                       "set title 'MODELLED, 8B on H100s: MB of the busiest rank per step (dashed: balanced)'",
+                       "set ylabel 'MB'", f"plot {pair(n_meas, n_all - 1, 3)}"]
+        script += ["unset multiplot", "unset logscale", "set key outside right", script[0]]
+        written.append("balanced.png")
     val = model.get("validation") or []
     if val:
         f = os.path.join(dat, "validation.dat")
@@ -791,6 +916,75 @@ def predictions_markdown(model, preds):
     return L
 
 
+def balanced_markdown(meta, rows, preds, pngs, rel):
+    """The balanced series next to the contiguous one: measured here, modelled up to 8 devices."""
+    bal = [r for r in rows if r["mode"] == BALANCED]
+    if not bal:
+        return []
+    ref = {(r["phase"], r["load"], r["ranks"]): r for r in rows if r["mode"] == "production:8:2"}
+    L = ["#### Balanced placement (production:8:2)", ""]
+    L.append("The same points with `--placement balanced --redundant-experts P --load-profile` (the profile the "
+             "P = 1 run of the same point wrote): P copies of the heaviest experts, placed so that every rank "
+             "carries the same load (docs/parallel.md). Logits do not change. Imbalance = max/mean of the pairs "
+             "each rank's experts computed, over the run and step by step (the sum over steps of the busiest "
+             "rank's pairs over the mean's), averaged over layers; MEASURED, times the maximum over ranks.")
+    L.append("")
+    hdr = ["phase", "load", "P", "step ms", "step ms bal.", "bal./contig.", "experts ms", "experts ms bal.",
+           "combine ms", "combine ms bal.", "MB sent", "MB sent bal.", "imb run", "imb run bal.", "imb steps",
+           "imb steps bal."]
+    body = []
+    for b in sorted(bal, key=lambda r: (r["phase"], r["load"], r["ranks"])):
+        c = ref.get((b["phase"], b["load"], b["ranks"]))
+        if not c:
+            continue
+        body.append([b["phase"], b["load"], f'{b["ranks"]}{" †" if b["oversubscribed"] else ""}', c["step_ms"],
+                     b["step_ms"], b["step_ms"] / c["step_ms"] if c["step_ms"] else 0.0, c["experts_ms"],
+                     b["experts_ms"], c["combine_ms"], b["combine_ms"], c["bytes_sent_rank"] / 1e6,
+                     b["bytes_sent_rank"] / 1e6, c["rank_imbalance"], b["rank_imbalance"], c["step_rank_imbalance"],
+                     b["step_rank_imbalance"]])
+    L.append(table(hdr, body))
+    L.append("")
+    exp = meta.get("balance_expected") or {}
+    if exp:
+        L.append("Expected rank imbalance on the profile (build/bench_balance: each expert's load split evenly over "
+                 "its copies; mean over layers, worst layer in brackets), the factor the model below applies:")
+        L.append("")
+        rows_e = []
+        for phase, loads in exp.items():
+            for load, per_p in loads.items():
+                for P, v in sorted(per_p.items(), key=lambda kv: int(kv[0])):
+                    rows_e.append([phase, load, P, f'{v["contiguous"]:.3f} ({v["contiguous_worst"]:.3f})',
+                                   f'{v["balanced"]:.3f} ({v["balanced_worst"]:.3f})'])
+        L.append(table(["phase", "load", "P", "contiguous", f"balanced, R = P"], rows_e))
+        L.append("")
+    mp = {(p["mode"], p["phase"], p["ranks"]): p for p in preds}
+    body = []
+    for p in preds:
+        if p["mode"] != BALANCED or p["ranks"] == 1:
+            continue
+        c = mp.get(("production:8:2", p["phase"], p["ranks"]))
+        if not c:
+            continue
+        body.append([p["phase"], p["global_load"], p["ranks"], c["rank_imbalance"], p["rank_imbalance"],
+                     c["h100_8b_bytes_busiest_step"] / 1e6, p["h100_8b_bytes_busiest_step"] / 1e6,
+                     c["h100_8b_compute_ms"], p["h100_8b_compute_ms"], c["h100_8b_a2a_ms"], p["h100_8b_a2a_ms"],
+                     c["h100_8b_step_ms"], p["h100_8b_step_ms"],
+                     f'{100 * (1 - p["h100_8b_step_ms"] / c["h100_8b_step_ms"]):.0f} %'])
+    if body:
+        L.append("MODELLED, Llama-3.1-8B shape on H100s (device path), up to 8 devices. Rank imbalance per step "
+                 "= the sampling term of uniform routing for the step's tokens × the router's skew (the model "
+                 "above); balanced, the skew times balanced / contiguous of the table above (what the placement "
+                 "leaves of the contiguous imbalance on the profile). MB = dispatch + combine of the busiest rank "
+                 "per step.")
+        L.append("")
+        L.append(table(["phase", "load", "P", "imb", "imb bal.", "MB busiest", "MB busiest bal.", "compute ms",
+                        "compute ms bal.", "a2a ms", "a2a ms bal.", "step ms", "step ms bal.", "step saved"], body))
+        L.append("")
+    if "balanced.png" in pngs:
+        L += [f"![{PLOTS['balanced.png']}]({rel}/balanced.png)", ""]
+    return L
+
+
 def markdown(meta, rows, model, preds, pngs, rel, src_rel):
     m = meta["machine"]
     s = meta["size"]
@@ -838,7 +1032,8 @@ def markdown(meta, rows, model, preds, pngs, rel, src_rel):
     L.append("")
     L.append(table(hdr, body))
     L.append("")
-    model_pngs = ("a2a_validation.png", "model_efficiency.png")
+    L += balanced_markdown(meta, rows, preds, pngs, rel)
+    model_pngs = ("a2a_validation.png", "model_efficiency.png", "balanced.png")
     img = lambda p: [f"![{PLOTS.get(p, p)}]({rel}/{p})", ""]
     for p in pngs:
         if p not in model_pngs:
@@ -937,7 +1132,7 @@ def main():
     a.out = os.path.abspath(a.out)
     os.makedirs(a.out, exist_ok=True)
     build = a.build if a.remodel else os.path.abspath(a.build if os.path.isabs(a.build) or os.path.isdir(a.build) else os.path.join(SRC, a.build))
-    for prog in () if a.remodel else ("llamoe-ep", "llamoe-mkmodel", "llamoe-convert"):
+    for prog in () if a.remodel else ("llamoe-ep", "llamoe-mkmodel", "llamoe-convert") + (("bench_balance",) if a.balanced else ()):
         if not os.access(os.path.join(build, prog), os.X_OK):
             die(f"{build}/{prog} not found: build first (cmake --build) or pass --build DIR")
     if not a.remodel and not shutil.which("mpirun"):
@@ -952,17 +1147,20 @@ def main():
             meta, rows, raw, cfg = old["meta"], old["points"], old["runs"], old["meta"]["size"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             die(f"--remodel: {measured}: cannot read the measured points ({e!r})")
-        model, preds = model_section(rows, cfg)
+        model, preds = model_section(rows, cfg, meta.get("balance_expected"))
         model["remodelled"] = time.strftime("%Y-%m-%d %H:%M %Z")
     else:
         machine = machine_info()
         models, cfg = prepare_models(a, build)
         log(f"{machine['cores']} cores ({machine['cpu_model']}); sweep {a.sweep}")
         rows, raw = sweep(a, build, models, cfg, machine)
-        model, preds = model_section(rows, cfg)
+        balance = expected_balance(a, build, models, os.path.join(a.out, "prompts"))
+        model, preds = model_section(rows, cfg, balance)
         meta = {"command": "bench/scaling.py " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d %H:%M %Z"),
                 "run_time_s": time.time() - t0, "machine": machine, "size": cfg, "sweep": a.sweep,
                 "size_name": a.size, "label": "MEASURED"}
+        if balance:
+            meta["balance_expected"] = balance
     if not a.remodel:   # --remodel leaves the measured files as they are
         write_csv(os.path.join(a.out, "scaling.csv"), rows, CSV_COLUMNS)
         json.dump({"meta": meta, "points": rows, "runs": raw}, open(os.path.join(a.out, "scaling.json"), "w"), indent=None)

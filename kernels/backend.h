@@ -31,11 +31,16 @@ typedef struct {
 // The messages of the expert-parallel exchange are laid out as base/moe_wire.h says; the
 // ops below write (moe_pack) and read (moe_group, combine) them at the offsets they are given.
 
-// Expert e of a layer lives on rank owner[e] as its local expert local[e] (backend memory,
-// E entries each; contiguous blocks today).
+// Where a layer's experts live. The router picks logical experts (n_logical); the exchange
+// moves pairs to physical ones (n_experts: the logical experts and their redundant copies,
+// parallel/placement.h). Physical expert p lives on rank owner[p] as its local expert
+// local[p]. The copies of logical expert e are physical experts
+// replica[replica_start[e] .. replica_start[e + 1]). All arrays are backend memory; without
+// redundant experts physical expert e is logical expert e.
 typedef struct {
-    const int32_t *owner, *local;
-    int n_experts, n_ranks;
+    const int32_t *owner, *local;              // [n_experts]
+    const int32_t *replica_start, *replica;    // [n_logical + 1], [n_experts]
+    int n_experts, n_ranks, n_logical;
 } moe_map;
 
 // Where an op may be timed: a timestamp marks the point the backend's work reaches it.
@@ -115,18 +120,24 @@ struct backend {
     // renormalise; each token's k choices are written in ascending expert order. expert and
     // weight [n * k]: backend memory.
     void (*router_topk)(backend *be, int32_t *expert, float *weight, const float *logits, int n, int n_experts, int k);
-    // The route plan of n tokens with experts expert[n * k] (each token's ascending):
-    //   counts[E + P]   pairs per expert (E values), then rows per destination rank (P)
+    // The route plan of n tokens with logical experts expert[n * k] (each token's ascending),
+    // S = map->n_experts physical experts on P ranks:
+    //   pair_expert[n*k] for pair (t, j): the physical expert that computes it, copy
+    //                   (i + salt) mod c of the c copies of e = expert[t * k + j], where i is
+    //                   the number of earlier tokens (t' < t) routed to e: each rank deals its
+    //                   tokens of e round the copies, starting where salt says (the runtime
+    //                   passes rank + step), so the choice never depends on timing
+    //   counts[S + P]   pairs per physical expert (S values), then rows per destination rank (P)
     //   row_slot[n * k] for pair (t, j): the index of token t's row among the rows sent to
-    //                   owner[expert] when j is the token's first pair to that rank, else -1
+    //                   owner[pair_expert] when j is the token's first pair to that rank, else -1
     //   pair_slot[n*k]  for pair (t, j): its index among the pairs sent to its rank
-    // Rows and pairs keep token order (a stable scatter). With tally non-NULL (int64 [E + P]),
+    // Rows and pairs keep token order (a stable scatter). With tally non-NULL (int64 [S + P]),
     // the counts are also added to it (statistics that stay on the backend).
-    void (*moe_plan)(backend *be, int32_t *counts, int32_t *row_slot, int32_t *pair_slot, int64_t *tally,
-                     const int32_t *expert, int n, int k, const moe_map *map);
+    void (*moe_plan)(backend *be, int32_t *counts, int32_t *row_slot, int32_t *pair_slot, int32_t *pair_expert,
+                     int64_t *tally, const int32_t *expert, int n, int k, int salt, const moe_map *map);
     // Writes every peer's message into send at the offsets of `at`: header (rows and pairs
     // from counts), token rows x[t, :] at msg + MOE_HEADER_BYTES + row * d floats, pairs
-    // (row, local expert) at msg + pairs.
+    // (row, local expert) at msg + pairs. expert: moe_plan's pair_expert (physical).
     void (*moe_pack)(backend *be, void *send, const moe_layout *at, const float *x, const int32_t *expert,
                      const int32_t *row_slot, const int32_t *pair_slot, const int32_t *counts,
                      int n, int k, int d, const moe_map *map);
@@ -145,8 +156,9 @@ struct backend {
     void (*expert_ffn)(backend *be, float *out, const float *x, const int64_t *offsets,
                        const int64_t *offsets_host, int64_t max_rows, const expert_set *experts);
     // The exact combine: out[t, :] = sum_j weight[t*k + j] * y[ret_base[owner] + pair_slot, :]
-    // for j = 0 .. k-1 in that order (ascending expert id), each term one fma onto the
-    // running sum from 0. ret_base: host, the first row of each owner's returned rows in y.
+    // for j = 0 .. k-1 in that order (the router's: ascending logical expert), each term one
+    // fma onto the running sum from 0. expert: moe_plan's pair_expert (physical: whose owner
+    // returned the row); ret_base: host, the first row of each owner's returned rows in y.
     void (*combine)(backend *be, float *out, const float *y, const int32_t *expert, const int32_t *pair_slot,
                     const float *weight, const int64_t *ret_base, int n, int k, int dim, const moe_map *map);
 

@@ -9,6 +9,7 @@
 #include "runtime/ep_cli.h"
 #include "runtime/fault.h"
 #include "runtime/generate.h"
+#include "runtime/placement_io.h"
 #include "runtime/report.h"
 #include "runtime/tokenizer.h"
 #ifdef LLAMOE_CUDA
@@ -62,7 +63,18 @@ static void usage(FILE *f) {
         "  --expert-evict lru|layer-lru  memory mode eviction (default layer-lru)\n"
         "  --expert-madvise on|off  memory mode, CPU: release checkpoint pages of experts once\n"
         "                    copied into the cache (default on)\n"
-        "  --verbose         each rank's binding, experts and memory at start\n"
+        "  --placement P     contiguous (default) | balanced | FILE: which rank holds which experts.\n"
+        "                    balanced replicates the heaviest experts and spreads the copies so\n"
+        "                    that every rank gets the same load; FILE: a placement table (the\n"
+        "                    \"placement\" of a --json report). Same logits.\n"
+        "  --redundant-experts R  balanced: R copies per layer besides the experts (default 0)\n"
+        "  --load-profile F  balanced: the load to balance, a file --write-load-profile wrote\n"
+        "                    (default: the same for every expert)\n"
+        "  --write-load-profile F  write tokens per expert per layer of this run to F (JSON)\n"
+        "  --rebalance N     every N steps, a new placement from the load of the last N steps;\n"
+        "                    experts that change rank move through the communicator. Same logits.\n"
+        "  --rebalance-check compare every expert that arrives with what this rank builds\n"
+        "  --verbose         each rank's binding, experts and memory at start; the placement\n"
         "  -h, --help        this text\n");
 }
 
@@ -125,11 +137,11 @@ static backend *choose_backend(const ep_options *o, comm *c, comm **xc, rank_bin
 static void load_model(model *m, const ep_options *o, const tokenizer *tok, backend *be, const comm *c) {
     llamoe_err err;
     moe_mode mode, *mode_arg = NULL;
+    llama_config probe;
     if (o->moe) {
         if (moe_mode_parse(o->moe, &mode, &err) != 0) die("%s", err.msg);
         mode_arg = &mode;
     } else {
-        llama_config probe;
         if (config_load(&probe, o->model_dir, &err) != 0) die("%s", err.msg);
         if (!probe.is_mixtral) {
             moe_mode_parse("upcycle:8:2", &mode, &err);
@@ -138,9 +150,23 @@ static void load_model(model *m, const ep_options *o, const tokenizer *tok, back
     }
     if (mode_arg) { mode.drop = o->drop; mode.seed = o->seed; }
     model_options mo = {.experts_on_host = o->expert_budget != NULL};
+    // The placement, from its files, before anything is loaded (parallel/placement.h).
+    placement_table table;
+    int placed = o->placement || o->rebalance;
+    if (placed) {
+        if (config_load(&probe, o->model_dir, &err) != 0) die("%s", err.msg);
+        int E = mode_arg ? mode.n_experts : probe.is_mixtral ? probe.n_experts : 0;
+        if (E == 0) die("--placement / --rebalance: the model runs dense (--moe dense): it has no experts to place");
+        placement_options po = {.policy = o->placement, .redundant = o->redundant_experts, .load_profile = o->load_profile};
+        if (placement_choose(&table, &po, &probe, E, c->size, &err) != 0) die("%s", err.msg);
+        mo.placement = &table;
+    }
     if (model_load_opts(m, o->model_dir, mode_arg, be, c->rank, c->size, &mo, &err) != 0) die("%s", err.msg);
+    if (placed) placement_table_free(&table);
     if (o->expert_budget && m->moe.kind == MOE_DENSE)
         die("--expert-budget %s: the model runs dense (--moe dense): it has no experts to offload", o->expert_budget);
+    if (o->write_load_profile && m->moe.kind == MOE_DENSE)
+        die("--write-load-profile %s: the model runs dense (--moe dense): it has no experts to count", o->write_load_profile);
     // A chat turn ends with <|eot_id|>, which base configs do not list as an eos id.
     if (o->chat && tok) {
         int eot = tokenizer_token_id(tok, "<|eot_id|>");
@@ -276,12 +302,13 @@ static void print_verbose(const ep_options *o, const model *m, const backend *be
     char mb[64];
     fprintf(stderr, "llamoe: %s; backend %s, transport %s; moe %s; experts %d..%d of %d; expert weights %.1f MiB, other weights %.1f MiB, activations+KV %.1f MiB; %d sequence(s)\n",
             binding->desc, be->name, xc->name, moe_mode_str(&m->moe, mb, sizeof mb), m->first_expert,
-            m->first_expert + m->n_local_experts - 1, m->moe.n_experts, m->expert_bytes / 1048576.0,
+            m->first_expert + m->n_local_experts - 1, m->placement.n_physical, m->expert_bytes / 1048576.0,
             m->weight_bytes / 1048576.0, rs->bytes / 1048576.0, n_local);
     if (cache)
         fprintf(stderr, "llamoe: rank %d/%d: memory mode: expert cache of %d slots x %.2f MiB (budget %s MiB), evict %s, prefetch %s\n",
                 xc->rank, xc->size, expert_cache_slots(cache), expert_cache_slot_bytes(m) / 1048576.0, o->expert_budget,
                 expert_evict_name(expert_cache_policy(cache)), expert_prefetch_name(o->prefetch));
+    if (m->moe.kind != MOE_DENSE && xc->rank == 0) report_print_placement(&m->placement, o->load_profile, &m->cfg, stderr);
 }
 
 // Warm-up (benchmarks): the same prompts through the same loop, then every timer and
@@ -351,9 +378,13 @@ int main(int argc, char **argv) {
     expert_cache *cache = NULL;
     if (o.expert_budget) {
         expert_cache_options eo = {.budget_bytes = (size_t)(o.expert_budget_mib * 1048576.0), .prefetch = o.prefetch,
-                                   .evict = o.evict, .release_pages = o.expert_madvise};
+                                   .evict = o.evict, .release_pages = o.expert_madvise, .any_expert = o.rebalance > 0};
         if (!(cache = expert_cache_new(&m, &eo, &err))) die("--expert-budget %s MiB: %s", o.expert_budget, err.msg);
         rs.moe.cache = cache;
+    }
+    if (m.moe.kind != MOE_DENSE) {
+        rs.moe.rebalance_every = o.rebalance;
+        rs.moe.rebalance_check = o.rebalance_check;
     }
     if (o.verbose) print_verbose(&o, &m, be, xc, &rs, &binding, cache, n_local);
     if (o.warmup > 0) warm_up(&m, &rs, xc, prompts, n_prompts, &go, o.warmup);
@@ -387,6 +418,12 @@ int main(int argc, char **argv) {
     }
 #endif
     report_print(&rep, &rx);
+    if (o.write_load_profile && c->rank == 0 && rep.tokens_per_expert) {
+        char mb[64];
+        if (load_profile_write(o.write_load_profile, o.model_dir, moe_mode_str(&m.moe, mb, sizeof mb), &m.cfg,
+                               m.moe.n_experts, m.moe.top_k, rep.tokens_per_expert, &err) != 0)
+            die("--write-load-profile %s", err.msg);
+    }
 
     report_free(&rep);
     free_sequences(seqs, n_local);

@@ -48,10 +48,12 @@ int ep_parse_args(int argc, char **argv, ep_options *o, llamoe_err *err) {
         if (!strcmp(a, "--stats")) { o->stats = 1; continue; }
         if (!strcmp(a, "--verbose")) { o->verbose = 1; continue; }
         if (!strcmp(a, "--chat")) { o->chat = 1; continue; }
+        if (!strcmp(a, "--rebalance-check")) { o->rebalance_check = 1; continue; }
         static const char *const takes_value[] = {"-m", "-p", "--ids", "--prompts", "-n", "--temp", "--top-p",
             "--seed", "--moe", "--drop", "--ctx", "--step-tokens", "--threads", "--dump-logits", "--bind",
             "--backend", "--transport", "--warmup", "--expert-budget", "--expert-prefetch", "--expert-evict",
-            "--expert-madvise", "--moe-exchange", "--moe-capacity", "--expert-gemm", NULL};
+            "--expert-madvise", "--moe-exchange", "--moe-capacity", "--expert-gemm", "--placement",
+            "--redundant-experts", "--load-profile", "--write-load-profile", "--rebalance", NULL};
         int known = 0;
         for (int j = 0; takes_value[j]; j++) known |= !strcmp(a, takes_value[j]);
         if (!known) return fail(err, "%s: unknown option (see --help)", a);
@@ -106,6 +108,13 @@ int ep_parse_args(int argc, char **argv, ep_options *o, llamoe_err *err) {
                 rc = fail(err, "--expert-gemm %s: expected grouped, loop or gemv", v);
             o->expert_gemm = v;
         }
+        else if (!strcmp(a, "--placement")) {
+            if (!*v) rc = fail(err, "--placement: expected contiguous, balanced or a placement file");
+            o->placement = v;
+        } else if (!strcmp(a, "--redundant-experts")) rc = parse_int(a, v, 0, 1 << 20, &o->redundant_experts, err);
+        else if (!strcmp(a, "--load-profile")) o->load_profile = v;
+        else if (!strcmp(a, "--write-load-profile")) o->write_load_profile = v;
+        else if (!strcmp(a, "--rebalance")) rc = parse_int(a, v, 1, 1 << 24, &o->rebalance, err);
         else if (!strcmp(a, "--bind") && bind_mode_parse(v, &o->bind) != 0)
             rc = fail(err, "--bind %s: expected cores or none", v);
         if (rc != 0) return -1;
@@ -115,6 +124,14 @@ int ep_parse_args(int argc, char **argv, ep_options *o, llamoe_err *err) {
     if (o->top_p <= 0.0f) return fail(err, "--top-p %g: must be above 0", o->top_p);
     if (o->expert_budget && o->moe_exchange && !strcmp(o->moe_exchange, "fixed"))
         return fail(err, "--moe-exchange fixed: memory mode (--expert-budget) needs the counts exchange");
+    int balanced = o->placement && !strcmp(o->placement, "balanced");
+    int contiguous = !o->placement || !strcmp(o->placement, "contiguous");
+    if (o->load_profile && !balanced)
+        return fail(err, "--load-profile %s: only --placement balanced reads a load profile", o->load_profile);
+    if (o->redundant_experts > 0 && !balanced)
+        return fail(err, "--redundant-experts %d: copies are placed by --placement balanced (%s places none)",
+                    o->redundant_experts, contiguous ? "contiguous" : "a placement file");
+    if (o->rebalance_check && !o->rebalance) return fail(err, "--rebalance-check: checks the moves of --rebalance N");
     return 0;
 }
 

@@ -23,6 +23,13 @@ typedef struct {
     expert_prefetch prefetch;
     expert_evict evict;
     int expert_madvise;
+    // Expert placement (runtime/placement_io.h, runtime/rebalance.h)
+    const char *placement;                  // contiguous | balanced | FILE (NULL: contiguous)
+    int redundant_experts;                  // copies per layer besides the experts (balanced)
+    const char *load_profile;               // measured load for --placement balanced
+    const char *write_load_profile;         // written at the end: tokens per expert per layer
+    int rebalance;                          // new placement every N steps (0: never)
+    int rebalance_check;                    // compare every moved expert with the local build
     int n_new, ctx, step_tokens, threads, json, stats, verbose, chat, warmup;
     bind_mode bind;
     float temp, top_p, drop;

@@ -1,5 +1,6 @@
 // Memory mode: the per-rank expert cache (see expert_cache.h for the contract).
 #include "runtime/expert_cache.h"
+#include "runtime/moe_build.h"
 
 #include <string.h>
 #include <sys/mman.h>
@@ -65,11 +66,24 @@ size_t expert_cache_slot_bytes(const model *m) {
     return align_up(max, page);
 }
 
+size_t expert_cache_slot_bytes_any(const model *m) {
+    size_t page = (size_t)sysconf(_SC_PAGESIZE), max = 0;
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int e = 0; e < m->moe.n_experts; e++) {
+            weight_t w[3];
+            moe_expert_shape(m, l, e, w);
+            size_t b = align_up(packed_bytes(&w[0]), SUB_ALIGN) + align_up(packed_bytes(&w[1]), SUB_ALIGN) +
+                       align_up(packed_bytes(&w[2]), SUB_ALIGN);
+            if (b > max) max = b;
+        }
+    return align_up(max, page);
+}
+
 // ---------------------------------------------------------------------------- lifecycle
 expert_cache *expert_cache_new(const model *m, const expert_cache_options *o, llamoe_err *err) {
     CHECK(m->moe.kind != MOE_DENSE && m->n_local_experts > 0);
     int L = m->cfg.n_layers, n_local = m->n_local_experts;
-    size_t slot = expert_cache_slot_bytes(m);
+    size_t slot = o->any_expert ? expert_cache_slot_bytes_any(m) : expert_cache_slot_bytes(m);
     if (o->budget_bytes < slot) {
         fail(err, "%.3f MiB is below one expert (%.3f MiB: w1 + w3 + w2 of the largest expert of this rank, packed); give at least %.3f MiB",
              o->budget_bytes / 1048576.0, slot / 1048576.0, slot / 1048576.0);
@@ -360,6 +374,20 @@ int expert_cache_next(expert_cache *ec, expert_set *set, int *first) {
     ec->st.groups++;
     ec->layer_groups++;
     return 1;
+}
+
+void expert_cache_reload(expert_cache *ec, int l, int i) {
+    size_t key = (size_t)l * ec->n_local + i;
+    if (ec->where[key] >= 0) {
+        int s = ec->where[key];
+        CHECK(!ec->slots[s].pinned);   // between steps: no group is being computed
+        evict(ec, s);
+        ec->st.evictions--;             // not the pool's choice: no eviction to report
+    }
+    const layer_weights *L = &ec->m->layers[l];
+    ec->w1[key] = L->w1[i];
+    ec->w3[key] = L->w3[i];
+    ec->w2[key] = L->w2[i];
 }
 
 // ---------------------------------------------------------------------------- queries

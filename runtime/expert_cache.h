@@ -21,6 +21,8 @@ typedef struct {
     expert_prefetch prefetch;
     expert_evict evict;
     int release_pages;        // CPU: madvise(MADV_DONTNEED) a file-backed source after its copy
+    int any_expert;           // slots hold the largest expert of a layer, not only of this
+                              // rank's: rebalancing may bring any expert here
 } expert_cache_options;
 
 typedef struct {
@@ -41,8 +43,10 @@ typedef struct {
 
 typedef struct expert_cache expert_cache;
 
-// Bytes of the largest expert of this rank (w1 + w3 + w2, packed): one pool slot.
+// Bytes of the largest expert of this rank (w1 + w3 + w2, packed): one pool slot; with
+// any_expert, of the largest expert of any layer.
 size_t expert_cache_slot_bytes(const model *m);
+size_t expert_cache_slot_bytes_any(const model *m);
 
 // Builds the cache for m's local experts (m loaded with experts_on_host). NULL with err when
 // the budget is below one expert or the pool cannot be allocated (err names both sizes).
@@ -60,6 +64,10 @@ void expert_cache_free(expert_cache *ec);
 void expert_cache_routed(expert_cache *ec, int l, const int32_t *pairs_per_expert);
 void expert_cache_begin(expert_cache *ec, int l, const int64_t *offsets);
 int expert_cache_next(expert_cache *ec, expert_set *set, int *first);
+
+// Slot i of layer l now holds another expert (rebalancing): its pool copy, if any, is dropped
+// and the next use fetches the new weights.
+void expert_cache_reload(expert_cache *ec, int l, int i);
 
 void expert_cache_get_stats(const expert_cache *ec, expert_cache_stats *s);
 // Slots in the pool and the effective policy (LAYER_LRU falls back to LRU below one slot per

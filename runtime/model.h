@@ -2,6 +2,7 @@
 // already right), the MoE layers this rank serves, and RoPE tables.
 #pragma once
 #include "kernels/backend.h"
+#include "parallel/placement.h"
 #include "runtime/config.h"
 #include "runtime/moe_mode.h"
 #include "runtime/safetensors.h"
@@ -18,6 +19,9 @@ typedef struct {
     weight_t *w1, *w3, *w2;               // [n_local_experts], owned arrays of views/buffers
     expert_set experts;                   // points at w1/w3/w2
     void *expert_memory;                  // weights built at load (production), owned
+    void **moved;                         // [n_local_experts] host backends: the blocks of the
+                                          // experts rebalancing brought here (runtime/rebalance.h),
+                                          // owned; NULL entries where none
 } layer_weights;
 
 typedef struct {
@@ -32,9 +36,12 @@ typedef struct {
     float *inv_freq;                      // float32 [head_dim / 2], llama3-scaled, owned
     layer_weights *layers;
 
-    // expert parallelism: this rank serves experts [first_expert, first_expert + n_local)
+    // expert parallelism: this rank serves the expert slots [first_expert, first_expert +
+    // n_local) of every layer; placement says which logical expert each slot holds (the slots
+    // are the logical experts themselves unless placed with redundant copies)
     int rank, n_ranks;
     int first_expert, n_local_experts;
+    placement_table placement;            // MoE models, owned (parallel/placement.h)
     size_t expert_bytes;                  // bytes of this rank's expert weights (all layers)
     size_t weight_bytes;                  // bytes of every other weight
     int experts_on_host;                  // memory mode: w1/w3/w2 stay host memory (views or
@@ -51,6 +58,8 @@ int model_load(model *m, const char *dir, const moe_mode *mode, backend *be,
 
 typedef struct {
     int experts_on_host;   // memory mode (--expert-budget): never place experts on the backend
+    const placement_table *placement;   // the expert slots of every layer (runtime/placement_io.h);
+                                        // NULL: the logical experts in contiguous blocks
 } model_options;
 // model_load with options (o may be NULL: the defaults, as model_load).
 int model_load_opts(model *m, const char *dir, const moe_mode *mode, backend *be,

@@ -62,10 +62,23 @@ int model_load_opts(model *m, const char *dir, const moe_mode *mode, backend *be
         m->moe = (moe_mode){.kind = MOE_DENSE};
     }
 
-    // Expert placement: rank r owns a contiguous block (parallel/placement.h).
+    // Expert placement: rank r owns a contiguous block of the slots, each slot a logical
+    // expert or a copy of one (parallel/placement.h).
     if (m->moe.kind != MOE_DENSE) {
+        const placement_table *want = o ? o->placement : NULL;
+        if (want) {
+            if (want->n_layers != c->n_layers || want->n_logical != m->moe.n_experts || want->n_ranks != n_ranks) {
+                fail(err, "%s: the placement is for %d layers of %d experts on %d ranks, the model has %d layers of %d experts on %d ranks",
+                     dir, want->n_layers, want->n_logical, want->n_ranks, c->n_layers, m->moe.n_experts, n_ranks);
+                goto fail;
+            }
+            if (placement_table_check(want, err) != 0) goto fail;
+            placement_table_copy(&m->placement, want);
+        } else if (placement_table_contiguous(&m->placement, c->n_layers, m->moe.n_experts, n_ranks, err) != 0) {
+            goto fail;
+        }
         expert_placement p;
-        if (placement_init(&p, m->moe.n_experts, n_ranks, err) != 0) goto fail;
+        if (placement_init(&p, m->placement.n_physical, n_ranks, err) != 0) goto fail;
         m->n_local_experts = placement_count(&p, rank);
         m->first_expert = placement_first(&p, rank);
     }
@@ -124,6 +137,7 @@ void model_free(model *m) {
     if (be) be->free(be, m->final_norm);
     free(m->inv_freq);
     free(m->dir);
+    placement_table_free(&m->placement);
     st_close(&m->st);
     memset(m, 0, sizeof *m);
 }

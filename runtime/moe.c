@@ -4,6 +4,8 @@
 
 #include <string.h>
 
+#include "runtime/rebalance.h"
+
 #define MOE_MARKS 5   // route | dispatch (plan, pack, exchange, group) | experts | combine |
 
 static void *backend_buffer(backend *be, size_t count, size_t size) {
@@ -16,8 +18,35 @@ static void *backend_buffer(backend *be, size_t count, size_t size) {
 moe_shape moe_shape_of(const model *m, int max_tokens, int capacity, moe_exchange_kind kind) {
     return (moe_shape){.n_experts = m->moe.n_experts, .top_k = m->moe.top_k, .d = m->cfg.hidden_size,
                        .n_layers = m->cfg.n_layers, .rank = m->rank, .n_ranks = m->n_ranks,
-                       .max_tokens = max_tokens, .capacity = capacity, .kind = kind,
-                       .identity = m->moe.kind == MOE_IDENTITY};
+                       .placement = &m->placement, .max_tokens = max_tokens, .capacity = capacity,
+                       .kind = kind, .identity = m->moe.kind == MOE_IDENTITY};
+}
+
+// The backend's copy of where the experts live: owner and local slot of every slot (the same
+// in every layer), then each layer's copies of every logical expert.
+static size_t map_entries(const moe_state *s) {
+    return 2 * (size_t)s->n_physical + (size_t)s->n_layers * ((size_t)s->n_experts + 1 + (size_t)s->n_physical);
+}
+
+void moe_maps_upload(moe_state *s) {
+    int E = s->n_experts, S = s->n_physical, L = s->n_layers;
+    size_t per_layer = (size_t)E + 1 + (size_t)S;
+    int32_t *host = xmalloc(map_entries(s) * sizeof(int32_t));
+    for (int p = 0; p < S; p++) {
+        host[p] = placement_owner(&s->slots, p);
+        host[S + p] = p - placement_first(&s->slots, host[p]);
+    }
+    for (int l = 0; l < L; l++) {
+        int32_t *at = host + 2 * (size_t)S + (size_t)l * per_layer;
+        placement_replicas(&s->table, l, at, at + E + 1);
+    }
+    s->be->upload(s->be, s->map_memory, host, map_entries(s) * sizeof(int32_t));
+    free(host);
+    for (int l = 0; l < L; l++) {
+        const int32_t *at = s->map_memory + 2 * (size_t)S + (size_t)l * per_layer;
+        s->maps[l] = (moe_map){.owner = s->map_memory, .local = s->map_memory + S, .replica_start = at,
+                               .replica = at + E + 1, .n_experts = S, .n_ranks = s->n_ranks, .n_logical = E};
+    }
 }
 
 void moe_state_init(moe_state *s, backend *be, const moe_shape *sh) {
@@ -25,33 +54,32 @@ void moe_state_init(moe_state *s, backend *be, const moe_shape *sh) {
     int E = sh->n_experts, k = sh->top_k, d = sh->d, P = sh->n_ranks, max_tokens = sh->max_tokens;
     llamoe_err err;
     if (P > MOE_MAX_RANKS) die("expert parallelism over %d ranks: at most %d are supported", P, MOE_MAX_RANKS);
-    expert_placement p;
-    if (placement_init(&p, E, P, &err) != 0) die("%s", err.msg);
+    if (sh->placement) {
+        const placement_table *t = sh->placement;
+        CHECK(t->n_layers == sh->n_layers && t->n_logical == E && t->n_ranks == P);
+        placement_table_copy(&s->table, t);
+    } else if (placement_table_contiguous(&s->table, sh->n_layers, E, P, &err) != 0) {
+        die("%s", err.msg);
+    }
+    int S = s->table.n_physical;
+    if (placement_init(&s->slots, S, P, &err) != 0) die("%s", err.msg);
     s->be = be;
     s->max_tokens = max_tokens;
     s->n_experts = E;
+    s->n_physical = S;
     s->top_k = k;
     s->d = d;
     s->rank = sh->rank;
     s->n_ranks = P;
-    s->n_local = placement_count(&p, sh->rank);
+    s->n_local = placement_count(&s->slots, sh->rank);
     s->n_layers = sh->n_layers;
     s->capacity = sh->capacity < max_tokens ? sh->capacity : max_tokens;
     s->kind = sh->kind;
-    s->exchange = moe_exchange_new(&p, sh->rank, d, k, max_tokens, s->capacity);
+    s->exchange = moe_exchange_new(&s->slots, sh->rank, d, k, max_tokens, s->capacity);
 
-    // The expert map, on the host and the backend.
-    s->owner_host = xmalloc((size_t)E * sizeof(int32_t));
-    int32_t *local = xmalloc((size_t)E * sizeof(int32_t));
-    for (int e = 0; e < E; e++) {
-        s->owner_host[e] = placement_owner(&p, e);
-        local[e] = e - placement_first(&p, s->owner_host[e]);
-    }
-    int32_t *owner_dev = backend_buffer(be, (size_t)E, sizeof(int32_t)), *local_dev = backend_buffer(be, (size_t)E, sizeof(int32_t));
-    be->upload(be, owner_dev, s->owner_host, (size_t)E * sizeof(int32_t));
-    be->upload(be, local_dev, local, (size_t)E * sizeof(int32_t));
-    free(local);
-    s->map = (moe_map){.owner = owner_dev, .local = local_dev, .n_experts = E, .n_ranks = P};
+    s->maps = xcalloc((size_t)s->n_layers, sizeof(moe_map));
+    s->map_memory = backend_buffer(be, map_entries(s), sizeof(int32_t));
+    moe_maps_upload(s);
 
     size_t pairs = (size_t)max_tokens * (size_t)k;
     if (sh->identity) {
@@ -74,11 +102,12 @@ void moe_state_init(moe_state *s, backend *be, const moe_shape *sh) {
         s->expert = backend_buffer(be, pairs, sizeof(int32_t));
         s->weight = backend_buffer(be, pairs, sizeof(float));
     }
-    s->counts = backend_buffer(be, (size_t)E + P, sizeof(int32_t));
-    s->counts_host = xcalloc((size_t)E + P, sizeof(int32_t));
+    s->pair_expert = backend_buffer(be, pairs, sizeof(int32_t));
+    s->counts = backend_buffer(be, (size_t)S + P, sizeof(int32_t));
+    s->counts_host = xcalloc((size_t)S + P, sizeof(int32_t));
     s->row_slot = backend_buffer(be, pairs, sizeof(int32_t));
     s->pair_slot = backend_buffer(be, pairs, sizeof(int32_t));
-    s->tally = backend_buffer(be, (size_t)s->n_layers * (E + P), sizeof(int64_t));
+    s->tally = backend_buffer(be, (size_t)s->n_layers * (S + P), sizeof(int64_t));
 
     moe_exchange_sizes z;
     moe_exchange_max_sizes(s->exchange, &z);
@@ -94,21 +123,25 @@ void moe_state_init(moe_state *s, backend *be, const moe_shape *sh) {
     s->marks = xcalloc((size_t)s->n_layers * MOE_MARKS, sizeof(backend_mark));
     s->stats.tokens_per_expert = xcalloc((size_t)s->n_layers * E, sizeof(int64_t));
     s->stats.rows_to = xcalloc((size_t)P, sizeof(int64_t));
+    s->stats.pairs_to = xcalloc((size_t)s->n_layers * P, sizeof(int64_t));
 }
 
 void moe_state_free(moe_state *s) {
     backend *be = s->be;
     if (!be) return;
-    void *bufs[] = {(void *)s->map.owner, (void *)s->map.local, s->router_logits, s->expert, s->weight,
-                    s->id_expert, s->id_weight, s->counts, s->row_slot, s->pair_slot, s->tally, s->send,
-                    s->recv, s->xe, s->ye, s->offsets, s->ret_row, s->ret_send, s->ret_recv};
+    void *bufs[] = {s->map_memory, s->router_logits, s->expert, s->weight, s->id_expert, s->id_weight,
+                    s->pair_expert, s->counts, s->row_slot, s->pair_slot, s->tally, s->send, s->recv, s->xe,
+                    s->ye, s->offsets, s->ret_row, s->ret_send, s->ret_recv};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) be->free(be, bufs[i]);
-    free(s->owner_host);
+    free(s->maps);
+    placement_table_free(&s->table);
     free(s->counts_host);
     free(s->marks);
     free(s->stats.tokens_per_expert);
     free(s->stats.rows_to);
+    free(s->stats.pairs_to);
+    free(s->stats.step_pairs);
     moe_exchange_free(s->exchange);
     memset(s, 0, sizeof *s);
 }
@@ -121,6 +154,16 @@ void moe_step_begin(moe_state *s, int max_tokens_any, int decode_only) {
     int auto_fixed = s->kind == MOE_EXCHANGE_AUTO && decode_only && s->be->device_memory;
     s->fixed_step = fits && (s->kind == MOE_EXCHANGE_FIXED || auto_fixed);
     s->marked = 0;
+    s->step++;
+    // A row of the per-step balance log, filled by the layers of this step.
+    moe_stats *st = &s->stats;
+    if (st->n_steps == s->step_pairs_cap) {
+        s->step_pairs_cap = s->step_pairs_cap ? 2 * s->step_pairs_cap : 64;
+        st->step_pairs = realloc(st->step_pairs, (size_t)s->step_pairs_cap * s->n_layers * sizeof(int64_t));
+        CHECK(st->step_pairs);
+    }
+    int64_t *row = st->step_pairs + (size_t)st->n_steps++ * s->n_layers;
+    for (int l = 0; l < s->n_layers; l++) row[l] = -1;
 }
 
 void moe_step_end(moe_state *s) {
@@ -139,7 +182,8 @@ void moe_step_end(moe_state *s) {
 void moe_exchange_layer(moe_state *s, comm *c, int l, const float *xn, int n, const int32_t *expert,
                         const float *weight, moe_experts_fn experts, void *ctx, float *out) {
     backend *be = s->be;
-    int E = s->n_experts, k = s->top_k, d = s->d, P = s->n_ranks;
+    int S = s->n_physical, k = s->top_k, d = s->d, P = s->n_ranks;
+    const moe_map *map = &s->maps[l];
     CHECK(n >= 0 && n <= s->max_tokens && l >= 0 && l < s->n_layers);
     if (be->device_memory && c->mem != COMM_MEM_DEVICE)
         die("layer %d: the MoE exchange moves %s memory, but the %s communicator carries host memory",
@@ -150,21 +194,25 @@ void moe_exchange_layer(moe_state *s, comm *c, int l, const float *xn, int n, co
     s->routed = 0;
     llamoe_err err;
 
-    // Plan and dispatch: each token's row travels once to every rank owning one of its experts.
-    be->moe_plan(be, s->counts, s->row_slot, s->pair_slot, s->tally + (size_t)l * (E + P), expert, n, k, &s->map);
+    // Plan and dispatch: each pair goes to one copy of its expert (dealt round the copies from
+    // where this rank and step start), each token's row once to every rank computing a pair.
+    int salt = (int)(((int64_t)s->rank + s->step) % (1 << 30));
+    be->moe_plan(be, s->counts, s->row_slot, s->pair_slot, s->pair_expert, s->tally + (size_t)l * (S + P), expert, n,
+                 k, salt, map);
     const moe_exchange_plan *plan;
     if (s->fixed_step) {
         plan = moe_exchange_plan_fixed(s->exchange);
         s->stats.layer_steps_fixed++;
     } else {
         // The one copy to the host of a layer: the counts that size the exchange.
-        be->download(be, s->counts_host, s->counts, (size_t)(E + P) * sizeof(int32_t));
+        be->download(be, s->counts_host, s->counts, (size_t)(S + P) * sizeof(int32_t));
         if (s->cache) expert_cache_routed(s->cache, l, s->counts_host);   // may prefetch
         if (moe_exchange_plan_counts(s->exchange, c, s->counts_host, 0, &plan, &err) != 0)
             die("layer %d: %s", l, err.msg);
         s->stats.layer_steps_counts++;
+        if (s->stats.n_steps > 0) s->stats.step_pairs[(size_t)(s->stats.n_steps - 1) * s->n_layers + l] = plan->rows_owned;
     }
-    be->moe_pack(be, s->send, &plan->send, xn, expert, s->row_slot, s->pair_slot, s->counts, n, k, d, &s->map);
+    be->moe_pack(be, s->send, &plan->send, xn, s->pair_expert, s->row_slot, s->pair_slot, s->counts, n, k, d, map);
     if (moe_exchange_dispatch(s->exchange, c, plan, s->send, s->recv, &err) != 0) die("layer %d: %s", l, err.msg);
     be->moe_group(be, s->xe, s->offsets, s->ret_row, s->recv, &plan->recv, plan->owner_ret, P, s->n_local, d);
     mk[2] = be->mark(be);
@@ -176,7 +224,7 @@ void moe_exchange_layer(moe_state *s, comm *c, int l, const float *xn, int n, co
     // ascending expert order, whatever rank computed it.
     be->gather_rows(be, s->ret_send, s->ye, s->ret_row, (int)plan->owner_ret[P], d);
     if (moe_exchange_combine(s->exchange, c, plan, s->ret_send, s->ret_recv, &err) != 0) die("layer %d: %s", l, err.msg);
-    if (n > 0) be->combine(be, out, s->ret_recv, expert, s->pair_slot, weight, plan->home_ret, n, k, d, &s->map);
+    if (n > 0) be->combine(be, out, s->ret_recv, s->pair_expert, s->pair_slot, weight, plan->home_ret, n, k, d, map);
     mk[4] = be->mark(be);
     if (l + 1 > s->marked) s->marked = l + 1;
 }
@@ -207,6 +255,9 @@ void moe_forward(const model *m, int l, moe_state *s, comm *c, const float *xn, 
     backend *be = m->be;
     const layer_weights *L = &m->layers[l];
     backend_mark *mk = s->marks + (size_t)l * MOE_MARKS;
+    // Between steps, before any expert of this one runs: a new placement every N steps.
+    if (l == 0 && s->rebalance_every > 0 && s->step > 1 && (s->step - 1) % s->rebalance_every == 0)
+        moe_rebalance(m, s, c);
 
     // Route: each token's k experts in ascending order, with their weights.
     mk[0] = be->mark(be);
@@ -228,28 +279,40 @@ void moe_forward(const model *m, int l, moe_state *s, comm *c, const float *xn, 
 // ---------------------------------------------------------------------------- statistics
 void moe_stats_reset(moe_state *s) {
     backend *be = s->be;
-    int E = s->n_experts, P = s->n_ranks;
-    be->memset0(be, s->tally, (size_t)s->n_layers * (E + P) * sizeof(int64_t));
-    int64_t *tpe = s->stats.tokens_per_expert, *rows_to = s->stats.rows_to;
-    memset(tpe, 0, (size_t)s->n_layers * E * sizeof(int64_t));
-    memset(rows_to, 0, (size_t)P * sizeof(int64_t));
-    s->stats = (moe_stats){.tokens_per_expert = tpe, .rows_to = rows_to};
+    int E = s->n_experts, S = s->n_physical, P = s->n_ranks, L = s->n_layers;
+    be->memset0(be, s->tally, (size_t)L * (S + P) * sizeof(int64_t));
+    moe_stats *st = &s->stats;
+    memset(st->tokens_per_expert, 0, (size_t)L * E * sizeof(int64_t));
+    memset(st->rows_to, 0, (size_t)P * sizeof(int64_t));
+    memset(st->pairs_to, 0, (size_t)L * P * sizeof(int64_t));
+    *st = (moe_stats){.tokens_per_expert = st->tokens_per_expert, .rows_to = st->rows_to, .pairs_to = st->pairs_to,
+                      .step_pairs = st->step_pairs};
     moe_exchange_traffic(s->exchange, &s->traffic_base);
 }
 
-void moe_stats_fetch(moe_state *s) {
+void moe_tally_fold(moe_state *s, int64_t *window) {
     backend *be = s->be;
-    int E = s->n_experts, P = s->n_ranks;
-    size_t n = (size_t)s->n_layers * (E + P);
+    int E = s->n_experts, S = s->n_physical, P = s->n_ranks;
+    size_t n = (size_t)s->n_layers * (S + P);
     int64_t *tally = xmalloc(n * sizeof(int64_t));
     be->download(be, tally, s->tally, n * sizeof(int64_t));
-    memset(s->stats.rows_to, 0, (size_t)P * sizeof(int64_t));
+    be->memset0(be, s->tally, n * sizeof(int64_t));
+    moe_stats *st = &s->stats;
     for (int l = 0; l < s->n_layers; l++) {
-        const int64_t *t = tally + (size_t)l * (E + P);
-        memcpy(s->stats.tokens_per_expert + (size_t)l * E, t, (size_t)E * sizeof(int64_t));
-        for (int r = 0; r < P; r++) s->stats.rows_to[r] += t[E + r];
+        const int64_t *t = tally + (size_t)l * (S + P);
+        const int32_t *holds = placement_layer(&s->table, l);
+        for (int p = 0; p < S; p++) {
+            st->tokens_per_expert[(size_t)l * E + holds[p]] += t[p];
+            st->pairs_to[(size_t)l * P + placement_owner(&s->slots, p)] += t[p];
+            if (window) window[(size_t)l * E + holds[p]] += t[p];
+        }
+        for (int r = 0; r < P; r++) st->rows_to[r] += t[S + r];
     }
     free(tally);
+}
+
+void moe_stats_fetch(moe_state *s) {
+    moe_tally_fold(s, NULL);
     moe_traffic now;
     moe_exchange_traffic(s->exchange, &now);
     const moe_traffic *b = &s->traffic_base;

@@ -7,16 +7,36 @@
 #pragma once
 #include "parallel/comm.h"
 #include "parallel/dispatch.h"
+#include "parallel/placement.h"
 #include "runtime/expert_cache.h"
 #include "runtime/model.h"
+
+// Rebalancing while serving (runtime/rebalance.h): what it did since the last reset.
+typedef struct {
+    int64_t rebalances;           // placements computed (every --rebalance N steps)
+    int64_t layers_changed;       // layers whose placement changed
+    int64_t experts_moved;        // slots of this rank refilled with another expert
+    int64_t experts_checked;      // of those, compared with the local build (--rebalance-check)
+    size_t bytes_sent, bytes_recv;   // expert weights through the communicator, other ranks
+    size_t bytes_local;           // ... and from this rank to itself
+    double seconds;               // wall time of the rebalances on this rank
+} moe_rebalance_stats;
 
 // What the MoE layers of one rank did since the last moe_stats_reset.
 typedef struct {
     double t_router, t_dispatch, t_experts, t_combine;   // seconds of backend work
-    int64_t *tokens_per_expert;   // [n_layers * E]: pairs this rank's tokens sent to each expert
+    int64_t *tokens_per_expert;   // [n_layers * E]: pairs this rank's tokens sent to each
+                                  // logical expert
     int64_t *rows_to;             // [n_ranks]: token rows this rank sent to each rank (all layers)
+    int64_t *pairs_to;            // [n_layers * n_ranks]: pairs this rank's tokens sent to each
+                                  // rank (summed over the ranks: each rank's expert load)
+    // Pairs this rank's experts computed in each layer of each step, [n_steps * n_layers];
+    // -1 for a layer-step of the fixed plan, whose counts the host never sees.
+    int64_t *step_pairs;
+    int n_steps;
     moe_traffic traffic;          // bytes of the all-to-alls (moe_exchange_traffic, since reset)
     int64_t layer_steps_counts, layer_steps_fixed;   // MoE layer-steps by exchange plan
+    moe_rebalance_stats rebalance;
 } moe_stats;
 
 typedef enum {
@@ -30,20 +50,30 @@ typedef enum {
 // unless named _host.
 typedef struct {
     int max_tokens, n_experts, top_k, d, rank, n_ranks, n_local, n_layers;
+    int n_physical;               // S: the logical experts and their redundant copies
     int capacity;                 // tokens per rank of the fixed plan (0: none)
     moe_exchange_kind kind;
     backend *be;
-    moe_map map;                  // owner/local of each expert (backend memory, owned)
-    int32_t *owner_host;          // [E]
+    expert_placement slots;       // the S slots in blocks over the ranks
+    placement_table table;        // the logical expert of every slot of every layer (owned)
+    moe_map *maps;                // [n_layers] where each layer's experts live
+    int32_t *map_memory;          // backend: owner[S], local[S], then per layer
+                                  // replica_start[E + 1] and replica[S] (owned)
     float *router_logits;         // [max_tokens, E]
     int32_t *expert;              // [max_tokens, k] router choices
     float *weight;                // [max_tokens, k]
     int32_t *id_expert;           // identity: [max_tokens, E] every expert, weight 1
     float *id_weight;
-    int32_t *counts;              // [E + P] the route plan's counts
+    int32_t *pair_expert;         // [max_tokens, k] the physical expert of each pair
+    int32_t *counts;              // [S + P] the route plan's counts
     int32_t *counts_host;
     int32_t *row_slot, *pair_slot;   // [max_tokens, k]
-    int64_t *tally;               // [n_layers, E + P] route counts summed since reset
+    int64_t *tally;               // [n_layers, S + P] route counts summed since the last fold
+    int step;                     // steps since init: with the rank, where each rank starts
+                                  // dealing tokens over an expert's copies (moe_plan's salt)
+    int rebalance_every;          // rebalance every N steps (0: never; runtime/rebalance.h)
+    int rebalance_check;          // compare each expert that arrives with the local build
+    int step_pairs_cap;           // steps stats.step_pairs has room for
     void *send, *recv;            // dispatch messages
     float *xe, *ye;               // [rows, d] the experts' input and output
     int64_t *offsets;             // [n_local + 1] rows of each local expert
@@ -63,6 +93,8 @@ typedef struct {
 typedef struct {
     int n_experts, top_k, d, n_layers;
     int rank, n_ranks;            // experts placed in contiguous blocks (parallel/placement.h)
+    const placement_table *placement;   // the slots and the logical expert each holds, per
+                                        // layer; NULL: the logical experts themselves
     int max_tokens;               // per step on this rank
     int capacity;                 // tokens per rank the fixed plan holds (0: the counts plan always)
     moe_exchange_kind kind;
@@ -95,6 +127,12 @@ void moe_exchange_layer(moe_state *s, comm *c, int l, const float *xn, int n, co
                         const float *weight, moe_experts_fn experts, void *ctx, float *out);
 
 // Statistics: reset zeroes them (the backend tally too); fetch brings the backend's tally
-// into stats.tokens_per_expert and stats.rows_to (one download).
+// into stats.tokens_per_expert, stats.pairs_to and stats.rows_to (one download).
 void moe_stats_reset(moe_state *s);
 void moe_stats_fetch(moe_state *s);
+// Downloads the tally, adds it into the statistics (folded from slots to logical experts with
+// the current placement), and zeroes it; window (may be NULL) gets this rank's pairs per
+// logical expert [n_layers * E] since the last fold added. Before the placement changes.
+void moe_tally_fold(moe_state *s, int64_t *window);
+// Uploads the maps of the placement in s->table (after it changed).
+void moe_maps_upload(moe_state *s);

@@ -87,6 +87,54 @@ static void build_drop_upcycled(const layer_weights *L, const value_stats st[3],
 
 static size_t matrix_bytes(const weight_t *w) { return (size_t)(w->rows * w->cols) * dtype_size(w->dtype); }
 
+static value_stats *layer_stats(const layer_weights *L, value_stats st[3]) {
+    st[0] = matrix_stats(&L->w_gate);
+    st[1] = matrix_stats(&L->w_up);
+    st[2] = matrix_stats(&L->w_down);
+    return st;
+}
+
+// Logical expert e of layer l as host weights w1, w3, w2: views of the checkpoint (identity
+// slices, upcycle copies, a Mixtral checkpoint's own tensors) or, for production, built into
+// mem (expert_size bytes; st: the dense matrices' statistics).
+static int expert_weights(const model *m, const layer_weights *L, int l, int e, const value_stats *st, uint8_t *mem,
+                          weight_t w[3], llamoe_err *err) {
+    int d = m->cfg.hidden_size, ffn = m->cfg.intermediate_size;
+    switch (m->moe.kind) {
+    case MOE_IDENTITY: {
+        int start, width;
+        identity_slice(ffn, m->moe.n_experts, e, &start, &width);
+        w[0] = rows_view(L->w_gate, start, width);
+        w[1] = rows_view(L->w_up, start, width);
+        w[2] = cols_view(L->w_down, start, width);
+        return 0;
+    }
+    case MOE_UPCYCLE:
+        w[0] = L->w_gate; w[1] = L->w_up; w[2] = L->w_down;
+        return 0;
+    case MOE_PRODUCTION:
+        build_drop_upcycled(L, st, m->moe.drop, rng_derive(m->moe.seed, (uint64_t)l, (uint64_t)e), mem, w);
+        return 0;
+    case MOE_CHECKPOINT: {
+        const char *part[3] = {"w1", "w3", "w2"};
+        char name[256];
+        for (int j = 0; j < 3; j++) {
+            snprintf(name, sizeof name, "model.layers.%d.block_sparse_moe.experts.%d.%s.weight", l, e, part[j]);
+            int64_t rows = j == 2 ? d : ffn, cols = j == 2 ? ffn : d;
+            if (model_find_matrix(m, name, rows, cols, &w[j], err) != 0) return -1;
+        }
+        return 0;
+    }
+    case MOE_DENSE: break;
+    }
+    return fail(err, "layer %d: dense layers have no experts", l);
+}
+
+// Bytes of one production expert (a packed copy of the dense FFN).
+static size_t production_bytes(const layer_weights *L) {
+    return matrix_bytes(&L->w_gate) + matrix_bytes(&L->w_up) + matrix_bytes(&L->w_down);
+}
+
 int moe_build_layer(model *m, int l, llamoe_err *err) {
     const llama_config *c = &m->cfg;
     layer_weights *L = &m->layers[l];
@@ -126,47 +174,21 @@ int moe_build_layer(model *m, int l, llamoe_err *err) {
         L->router = placed;
     }
 
+    // This rank's slots of the layer, each a logical expert (or a copy of one).
     int n_local = m->n_local_experts;
+    const int32_t *holds = placement_layer(&m->placement, l) + m->first_expert;
     weight_t *host = xcalloc((size_t)n_local * 3, sizeof(weight_t));   // w1, w3, w2 per expert
     value_stats st[3];
     size_t expert_bytes = 0;
     if (m->moe.kind == MOE_PRODUCTION) {
-        st[0] = matrix_stats(&L->w_gate);
-        st[1] = matrix_stats(&L->w_up);
-        st[2] = matrix_stats(&L->w_down);
-        expert_bytes = matrix_bytes(&L->w_gate) + matrix_bytes(&L->w_up) + matrix_bytes(&L->w_down);
+        layer_stats(L, st);
+        expert_bytes = production_bytes(L);
         L->expert_memory = xmalloc(expert_bytes * (size_t)n_local);
     }
     for (int i = 0; i < n_local; i++) {
-        int e = m->first_expert + i;
         weight_t *w = &host[3 * i];
-        switch (m->moe.kind) {
-        case MOE_IDENTITY: {
-            int start, width;
-            identity_slice(ffn, E, e, &start, &width);
-            w[0] = rows_view(L->w_gate, start, width);
-            w[1] = rows_view(L->w_up, start, width);
-            w[2] = cols_view(L->w_down, start, width);
-            break;
-        }
-        case MOE_UPCYCLE:
-            w[0] = L->w_gate; w[1] = L->w_up; w[2] = L->w_down;
-            break;
-        case MOE_PRODUCTION:
-            build_drop_upcycled(L, st, m->moe.drop, rng_derive(m->moe.seed, (uint64_t)l, (uint64_t)e),
-                                (uint8_t *)L->expert_memory + expert_bytes * (size_t)i, w);
-            break;
-        case MOE_CHECKPOINT: {
-            const char *part[3] = {"w1", "w3", "w2"};
-            for (int j = 0; j < 3; j++) {
-                snprintf(name, sizeof name, "model.layers.%d.block_sparse_moe.experts.%d.%s.weight", l, e, part[j]);
-                int64_t rows = j == 2 ? d : ffn, cols = j == 2 ? ffn : d;
-                if (model_find_matrix(m, name, rows, cols, &w[j], err) != 0) { free(host); return -1; }
-            }
-            break;
-        }
-        case MOE_DENSE: break;
-        }
+        uint8_t *mem = L->expert_memory ? (uint8_t *)L->expert_memory + expert_bytes * (size_t)i : NULL;
+        if (expert_weights(m, L, l, holds[i], st, mem, w, err) != 0) { free(host); return -1; }
         for (int j = 0; j < 3; j++) m->expert_bytes += matrix_bytes(&w[j]);
     }
     L->w1 = xcalloc((size_t)n_local, sizeof(weight_t));
@@ -200,8 +222,121 @@ void moe_free_layer(model *m, layer_weights *L) {
     } else if (m->moe.kind == MOE_UPCYCLE || m->moe.kind == MOE_PRODUCTION) {
         free((void *)L->router.data);   // generated on the host
     }
+    for (int i = 0; L->moved && i < L->experts.n_experts; i++)
+        if (L->moved[i]) be->free(be, L->moved[i]);
+    free(L->moved);
     free(L->w1);
     free(L->w3);
     free(L->w2);
     free(L->expert_memory);
+}
+
+// ---------------------------------------------------------------------------- moving experts
+void moe_expert_shape(const model *m, int l, int e, weight_t w[3]) {
+    const layer_weights *L = &m->layers[l];
+    llamoe_err err;
+    if (m->moe.kind == MOE_PRODUCTION) {   // a packed copy of the dense FFN
+        const weight_t *src[3] = {&L->w_gate, &L->w_up, &L->w_down};
+        for (int j = 0; j < 3; j++)
+            w[j] = (weight_t){NULL, src[j]->dtype, src[j]->rows, src[j]->cols, src[j]->cols};
+        return;
+    }
+    if (expert_weights(m, L, l, e, NULL, NULL, w, &err) != 0) die("%s", err.msg);   // checked at load
+    for (int j = 0; j < 3; j++) {
+        w[j].data = NULL;
+        w[j].ld = w[j].cols;
+    }
+}
+
+uint8_t *moe_expert_build(const model *m, int l, int e, size_t *bytes) {
+    const layer_weights *L = &m->layers[l];
+    weight_t w[3];
+    moe_expert_shape(m, l, e, w);
+    *bytes = matrix_bytes(&w[0]) + matrix_bytes(&w[1]) + matrix_bytes(&w[2]);
+    uint8_t *out = xmalloc(*bytes ? *bytes : 1);
+    llamoe_err err;
+    if (m->moe.kind == MOE_PRODUCTION) {
+        value_stats st[3];
+        expert_weights(m, L, l, e, layer_stats(L, st), out, w, &err);   // packed in place
+        return out;
+    }
+    if (expert_weights(m, L, l, e, NULL, NULL, w, &err) != 0) die("%s", err.msg);
+    copy_matrix(out, &w[0]);
+    copy_matrix(out + matrix_bytes(&w[0]), &w[1]);
+    copy_matrix(out + matrix_bytes(&w[0]) + matrix_bytes(&w[1]), &w[2]);
+    return out;
+}
+
+void moe_expert_alloc(const model *m, int l, int e, expert_blocks *b) {
+    backend *be = m->be;
+    moe_expert_shape(m, l, e, b->w);
+    b->gate_up_bytes = matrix_bytes(&b->w[0]) + matrix_bytes(&b->w[1]);
+    b->down_bytes = matrix_bytes(&b->w[2]);
+    b->staging = NULL;
+    if (be->device_memory) {   // the layout of a placed expert: gate and up in one allocation
+        b->gate_up = be->alloc(be, b->gate_up_bytes);
+        b->down = be->alloc(be, b->down_bytes);
+    } else {
+        b->gate_up = be->alloc(be, b->gate_up_bytes + b->down_bytes);
+        b->down = b->gate_up + b->gate_up_bytes;
+    }
+}
+
+void moe_expert_source(const model *m, int l, int i, expert_blocks *b) {
+    const layer_weights *L = &m->layers[l];
+    b->w[0] = L->w1[i];
+    b->w[1] = L->w3[i];
+    b->w[2] = L->w2[i];
+    b->gate_up_bytes = matrix_bytes(&b->w[0]) + matrix_bytes(&b->w[1]);
+    b->down_bytes = matrix_bytes(&b->w[2]);
+    b->staging = NULL;
+    if (m->be->device_memory) {   // placed: already in this layout
+        b->gate_up = (uint8_t *)L->w1[i].data;
+        b->down = (uint8_t *)L->w2[i].data;
+        return;
+    }
+    // Host views may be strided or apart: packed into a staging copy.
+    b->staging = xmalloc(b->gate_up_bytes + b->down_bytes + 1);
+    copy_matrix(b->staging, &b->w[0]);
+    copy_matrix(b->staging + matrix_bytes(&b->w[0]), &b->w[1]);
+    copy_matrix(b->staging + b->gate_up_bytes, &b->w[2]);
+    b->gate_up = b->staging;
+    b->down = b->staging + b->gate_up_bytes;
+}
+
+void moe_expert_source_done(expert_blocks *b) {
+    free(b->staging);
+    b->staging = NULL;
+}
+
+void moe_expert_install(const model *m, int l, int i, expert_blocks *b) {
+    backend *be = m->be;
+    layer_weights *L = &m->layers[l];   // the model is const to the forward, its weights are not
+    int n_local = L->experts.n_experts;
+    size_t es = dtype_size(b->w[0].dtype);
+    weight_t w1 = b->w[0], w3 = b->w[1], w2 = b->w[2];
+    w1.data = b->gate_up;
+    w3.data = b->gate_up + (size_t)w1.rows * w1.cols * es;
+    w2.data = b->down;
+    if (be->device_memory) {
+        be->free(be, (void *)L->w1[i].data);
+        be->free(be, (void *)L->w2[i].data);
+    } else if (L->expert_memory) {
+        // A production slot has its block (all production experts have one shape): the bytes
+        // go there and the slot's views stay.
+        size_t block = production_bytes(L);
+        CHECK(b->gate_up_bytes + b->down_bytes == block);
+        memcpy((uint8_t *)L->expert_memory + block * (size_t)i, b->gate_up, block);
+        be->free(be, b->gate_up);
+        b->gate_up = b->down = NULL;
+        return;
+    } else {
+        if (!L->moved) L->moved = xcalloc((size_t)n_local, sizeof(void *));
+        if (L->moved[i]) be->free(be, L->moved[i]);
+        L->moved[i] = b->gate_up;
+    }
+    L->w1[i] = w1;
+    L->w3[i] = w3;
+    L->w2[i] = w2;
+    b->gate_up = b->down = NULL;
 }

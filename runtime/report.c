@@ -6,6 +6,9 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "parallel/balance.h"
+#include "runtime/placement_io.h"
+
 static const char *const report_names[REPORT_N] = {"attention_s", "router_s", "dispatch_s", "experts_s",
     "combine_s", "dense_ffn_s", "lm_head_s", "other_s", "forward_s", "bytes_sent", "bytes_recv",
     "dispatch_bytes_sent", "rows_sent", "rows_recv", "expert_weights_mb"};
@@ -77,6 +80,37 @@ static void over_ranks(run_report *r, comm *c, const double *mine) {
     }
 }
 
+// Each rank's expert load per layer (the pairs every rank sent it), per layer-step the most
+// and the sum over ranks, and the rebalancing counters.
+static void gather_balance(run_report *r, comm *c, const model *m, const moe_stats *st) {
+    int L = m->cfg.n_layers, P = c->size;
+    r->rank_pairs = xmalloc((size_t)L * P * sizeof(int64_t));
+    memcpy(r->rank_pairs, st->pairs_to, (size_t)L * P * sizeof(int64_t));
+    check(c->allreduce_sum_i64(c, r->rank_pairs, L * P));
+    r->n_steps = st->n_steps;
+    size_t n = (size_t)st->n_steps * L;
+    r->step_max = xmalloc((n ? n : 1) * sizeof(double));
+    r->step_sum = xmalloc((n ? n : 1) * sizeof(int64_t));
+    for (size_t i = 0; i < n; i++) {
+        r->step_max[i] = (double)st->step_pairs[i];
+        r->step_sum[i] = st->step_pairs[i];
+    }
+    if (n) {
+        check(c->allreduce_max_f64(c, r->step_max, (int)n));
+        check(c->allreduce_sum_i64(c, r->step_sum, (int)n));
+    }
+    const moe_rebalance_stats *b = &st->rebalance;
+    int64_t v[7] = {b->rebalances, b->layers_changed, b->experts_moved, b->experts_checked, (int64_t)b->bytes_sent,
+                    (int64_t)b->bytes_recv, (int64_t)b->bytes_local};
+    check(c->allreduce_sum_i64(c, v, 7));
+    double seconds = b->seconds;
+    check(c->allreduce_max_f64(c, &seconds, 1));
+    // Every rank counts each rebalance and changed layer once: the job's are one rank's.
+    r->rebalance = (moe_rebalance_stats){.rebalances = v[0] / P, .layers_changed = v[1] / P, .experts_moved = v[2],
+                                         .experts_checked = v[3], .bytes_sent = (size_t)v[4], .bytes_recv = (size_t)v[5],
+                                         .bytes_local = (size_t)v[6], .seconds = seconds};
+}
+
 void report_gather(run_report *r, comm *c, const model *m, run_state *rs, const sequence *seqs, int n_local,
                    int n_prompts, const gen_stats *gs, expert_cache *cache, double load_s) {
     memset(r, 0, sizeof *r);
@@ -131,6 +165,7 @@ void report_gather(run_report *r, comm *c, const model *m, run_state *rs, const 
         check(c->allreduce_sum_i64(c, bytes, 2));
         r->bytes_sent = bytes[0];
         r->bytes_recv = bytes[1];
+        gather_balance(r, c, m, st);
     }
     over_ranks(r, c, mine);
 
@@ -154,6 +189,9 @@ void report_free(run_report *r) {
     free(r->stop);
     free(r->records);
     free(r->tokens_per_expert);
+    free(r->rank_pairs);
+    free(r->step_max);
+    free(r->step_sum);
     memset(r, 0, sizeof *r);
 }
 
@@ -182,6 +220,36 @@ static double layer_imbalance(const int64_t *t, int E) {
         if (t[e] > max) max = t[e];
     }
     return sum ? (double)max * E / (double)sum : 0.0;
+}
+
+// Balance of layer l over the ranks: over the run (max / mean of the pairs each rank's
+// experts computed), and step by step (the sum over measured steps of the busiest rank's
+// pairs over the sum of the mean's: how much longer than balanced the slowest rank kept
+// every step waiting), and the worst single step.
+typedef struct { double run, steps, worst_step; int measured; } layer_balance;
+
+static layer_balance balance_of(const run_report *r, int l, int L, int P) {
+    layer_balance b = {0};
+    int64_t sum = 0, max = 0;
+    for (int q = 0; q < P; q++) {
+        int64_t v = r->rank_pairs[(size_t)l * P + q];
+        sum += v;
+        max = v > max ? v : max;
+    }
+    b.run = sum ? (double)max * P / (double)sum : 0;
+    double steps_max = 0, steps_mean = 0;
+    for (int i = 0; i < r->n_steps; i++) {
+        double mx = r->step_max[(size_t)i * L + l];
+        int64_t sm = r->step_sum[(size_t)i * L + l];
+        if (mx < 0 || sm <= 0) continue;
+        b.measured++;
+        steps_max += mx;
+        steps_mean += (double)sm / P;
+        double one = mx * P / (double)sm;
+        b.worst_step = one > b.worst_step ? one : b.worst_step;
+    }
+    b.steps = steps_mean > 0 ? steps_max / steps_mean : 0;
+    return b;
 }
 
 static double hit_rate(const run_report *r, int with_prefetch) {
@@ -261,6 +329,50 @@ static void print_json(const run_report *r, const report_context *x) {
         json_object_object_add(ej, "hit_rate_with_prefetch", json_object_new_double(hit_rate(r, 1)));
         json_object_object_add(root, "expert_cache", ej);
     }
+    if (r->rank_pairs) {
+        int L = m->cfg.n_layers, P = x->c->size;
+        json_object *bj = json_object_new_object(), *layers = json_object_new_array();
+        double worst[2] = {0, 0}, mean[2] = {0, 0};
+        for (int l = 0; l < L; l++) {
+            layer_balance b = balance_of(r, l, L, P);
+            json_object *lj = json_object_new_object(), *pairs = json_object_new_array();
+            for (int q = 0; q < P; q++) json_object_array_add(pairs, json_object_new_int64(r->rank_pairs[(size_t)l * P + q]));
+            json_object_object_add(lj, "rank_pairs", pairs);
+            json_object_object_add(lj, "imbalance", json_object_new_double(b.run));
+            json_object_object_add(lj, "step_imbalance", json_object_new_double(b.steps));
+            json_object_object_add(lj, "worst_step_imbalance", json_object_new_double(b.worst_step));
+            json_object_object_add(lj, "steps_measured", json_object_new_int(b.measured));
+            json_object_array_add(layers, lj);
+            double v[2] = {b.run, b.steps};
+            for (int i = 0; i < 2; i++) {
+                worst[i] = v[i] > worst[i] ? v[i] : worst[i];
+                mean[i] += v[i] / L;
+            }
+        }
+        json_object_object_add(bj, "imbalance_worst_layer", json_object_new_double(worst[0]));
+        json_object_object_add(bj, "imbalance_mean", json_object_new_double(mean[0]));
+        json_object_object_add(bj, "step_imbalance_worst_layer", json_object_new_double(worst[1]));
+        json_object_object_add(bj, "step_imbalance_mean", json_object_new_double(mean[1]));
+        json_object_object_add(bj, "layers", layers);
+        json_object_object_add(root, "balance", bj);
+        json_object *pj = placement_to_json(&m->placement, &m->cfg);
+        json_object_object_add(pj, "policy", json_object_new_string(o->placement ? o->placement : "contiguous"));
+        json_object_object_add(root, "placement", pj);
+        if (o->rebalance) {
+            const moe_rebalance_stats *b = &r->rebalance;
+            json_object *rj = json_object_new_object();
+            json_object_object_add(rj, "every_steps", json_object_new_int(o->rebalance));
+            json_object_object_add(rj, "rebalances", json_object_new_int64(b->rebalances));
+            json_object_object_add(rj, "layers_changed", json_object_new_int64(b->layers_changed));
+            json_object_object_add(rj, "experts_moved", json_object_new_int64(b->experts_moved));
+            json_object_object_add(rj, "experts_checked", json_object_new_int64(b->experts_checked));
+            json_object_object_add(rj, "bytes_sent", json_object_new_int64((int64_t)b->bytes_sent));
+            json_object_object_add(rj, "bytes_recv", json_object_new_int64((int64_t)b->bytes_recv));
+            json_object_object_add(rj, "bytes_local", json_object_new_int64((int64_t)b->bytes_local));
+            json_object_object_add(rj, "seconds_max_rank", json_object_new_double(b->seconds));
+            json_object_object_add(root, "rebalance", rj);
+        }
+    }
     if (o->stats && r->tokens_per_expert) {
         int E = m->moe.n_experts;
         json_object *st = json_object_new_array();
@@ -312,6 +424,27 @@ static void print_text(const run_report *r, const report_context *x) {
         fprintf(stderr, "llamoe: routing %d experts top-%d: load imbalance (max/mean) %.2f mean over layers, %.2f worst; traffic %.1f KiB sent, %.1f KiB received between ranks\n",
                 E, m->moe.top_k, mean, worst, r->bytes_sent / 1024.0, r->bytes_recv / 1024.0);
     }
+    if (r->rank_pairs && (o->placement || o->rebalance || o->stats)) {
+        int L = m->cfg.n_layers, P = x->c->size;
+        double worst[2] = {0, 0}, mean[2] = {0, 0};
+        for (int l = 0; l < L; l++) {
+            layer_balance b = balance_of(r, l, L, P);
+            double v[2] = {b.run, b.steps};
+            for (int i = 0; i < 2; i++) {
+                worst[i] = v[i] > worst[i] ? v[i] : worst[i];
+                mean[i] += v[i] / L;
+            }
+        }
+        fprintf(stderr, "llamoe: placement %s, %d redundant experts per layer: rank imbalance (max/mean pairs per rank) %.2f mean over layers, %.2f worst; step by step %.2f mean, %.2f worst\n",
+                o->placement ? o->placement : "contiguous", placement_redundant(&m->placement), mean[0], worst[0], mean[1],
+                worst[1]);
+        if (o->rebalance) {
+            const moe_rebalance_stats *b = &r->rebalance;
+            fprintf(stderr, "llamoe: rebalanced every %d steps: %lld times, %lld layer placements changed, %lld experts moved (%.1f KiB between ranks, %.1f KiB local), %.3f s\n",
+                    o->rebalance, (long long)b->rebalances, (long long)b->layers_changed, (long long)b->experts_moved,
+                    b->bytes_sent / 1024.0, b->bytes_local / 1024.0, b->seconds);
+        }
+    }
     if (r->has_cache)
         fprintf(stderr, "llamoe: memory mode: %s MiB per rank (%lld slots over all ranks); %lld expert uses: hits %.1f%%, with prefetch (%s) %.1f%%; %.1f MiB copied, %lld evictions\n",
                 o->expert_budget, (long long)r->cache[CACHE_SLOTS], (long long)r->cache[CACHE_LOOKUPS], 100 * hit_rate(r, 0),
@@ -320,14 +453,48 @@ static void print_text(const run_report *r, const report_context *x) {
 }
 
 static void print_stats(const run_report *r, const report_context *x, FILE *f) {
-    int E = x->m->moe.n_experts;
+    int E = x->m->moe.n_experts, L = x->m->cfg.n_layers, P = x->c->size;
     fprintf(f, "tokens per expert (layer: e0 e1 ... | max/mean):\n");
-    for (int l = 0; l < x->m->cfg.n_layers; l++) {
+    for (int l = 0; l < L; l++) {
         const int64_t *t = r->tokens_per_expert + (size_t)l * E;
         fprintf(f, "  %3d:", l);
         for (int e = 0; e < E; e++) fprintf(f, " %lld", (long long)t[e]);
         fprintf(f, " | %.2f\n", layer_imbalance(t, E));
     }
+    fprintf(f, "pairs per rank (layer: r0 r1 ... | max/mean over the run, step by step, worst step):\n");
+    for (int l = 0; l < L; l++) {
+        layer_balance b = balance_of(r, l, L, P);
+        fprintf(f, "  %3d:", l);
+        for (int q = 0; q < P; q++) fprintf(f, " %lld", (long long)r->rank_pairs[(size_t)l * P + q]);
+        fprintf(f, " | %.2f %.2f %.2f\n", b.run, b.steps, b.worst_step);
+    }
+}
+
+void report_print_placement(const placement_table *t, const char *load_profile, const llama_config *c, FILE *f) {
+    int E = t->n_logical, S = t->n_physical, P = t->n_ranks;
+    expert_placement blocks;
+    CHECK(placement_init(&blocks, S, P, NULL) == 0);
+    int64_t *load = NULL;
+    llamoe_err err;
+    if (load_profile && load_profile_read(load_profile, c, E, &load, &err) != 0) die("%s", err.msg);
+    placement_table flat;
+    if (load && placement_table_contiguous(&flat, t->n_layers, E, P, &err) != 0) die("%s", err.msg);
+    fprintf(f, "llamoe: placement of %d experts + %d copies on %d ranks (layer: rank: experts)%s\n", E, S - E, P,
+            load ? "; imbalance on the load profile, contiguous -> this" : "");
+    for (int l = 0; l < t->n_layers; l++) {
+        fprintf(f, "  %3d:", l);
+        for (int r = 0; r < P; r++) {
+            fprintf(f, " %s", r ? "| " : "");
+            for (int i = 0; i < placement_count(&blocks, r); i++)
+                fprintf(f, "%s%d", i ? "," : "", placement_layer(t, l)[placement_first(&blocks, r) + i]);
+        }
+        if (load)
+            fprintf(f, "   %.3f -> %.3f", balance_imbalance(placement_layer(&flat, l), load + (size_t)l * E, E, E, P),
+                    balance_imbalance(placement_layer(t, l), load + (size_t)l * E, E, S, P));
+        fprintf(f, "\n");
+    }
+    if (load) placement_table_free(&flat);
+    free(load);
 }
 
 void report_print(const run_report *r, const report_context *x) {

@@ -35,6 +35,14 @@ typedef struct {
     int has_cache;
     expert_evict cache_policy;      // the effective eviction policy
     int64_t cache[CACHE_N];
+    // Expert balance (MoE models): pairs each rank's experts computed per layer over the run
+    // [layers * P], and per layer-step the most any rank computed and the sum over ranks
+    // [n_steps * layers] (max < 0: a fixed-plan step, not measured).
+    int64_t *rank_pairs;
+    double *step_max;
+    int64_t *step_sum;
+    int n_steps;
+    moe_rebalance_stats rebalance;  // counts and bytes summed over ranks, seconds the max
 } run_report;
 
 // Collective: every rank's sequences and statistics to rank 0. rs's MoE statistics are
@@ -57,3 +65,7 @@ typedef struct {
     double device_bandwidth_gbs;
 } report_context;
 void report_print(const run_report *r, const report_context *x);
+
+// The placement table, one line per layer and rank (--verbose); with a load profile, also
+// the imbalance it gives each layer on that load, next to the contiguous placement's.
+void report_print_placement(const placement_table *t, const char *load_profile, const llama_config *c, FILE *f);

@@ -1,19 +1,37 @@
 // Under mpirun -np P: the MoE exchange (plan, pack, dispatch, group, fake experts, return,
 // combine) for a table of (E, k, d) cases, several steps each, on both plans (counts and
-// fixed), with seeded random tokens per rank and one rank with no tokens every step. Every
-// rank checks its combined outputs bitwise (tests/exchange_check.h); then the traffic must
-// balance over the ranks (what is sent is received). Exit 0 when every check passed; a
-// failure ends all ranks with a message.
+// fixed), with the contiguous placement and (rows up to 64 floats) with P redundant copies
+// placed by the balancer for random loads (the same table on every rank), with seeded random
+// tokens per rank and one rank with no tokens every step. Every rank checks its combined
+// outputs bitwise (tests/exchange_check.h); then the traffic must balance over the ranks (what
+// is sent is received). Exit 0 when every check passed; a failure ends all ranks with a
+// message.
+#include "parallel/balance.h"
 #include "parallel/comm.h"
 #include "tests/exchange_check.h"
 
 typedef struct { int E, k, d, max_tokens; } dispatch_case;
 
+// E experts and R copies on P ranks, placed for loads drawn from seed (the same on every rank).
+static void replica_table(placement_table *t, int E, int R, int P, uint64_t seed) {
+    CHECK(placement_table_alloc(t, 1, E, E + R, P, NULL) == 0);
+    rng_t rng = {seed};
+    int64_t load[512];
+    for (int e = 0; e < E; e++) load[e] = (int64_t)(rng_next(&rng) % 100);
+    balance_layer(t->logical, load, E, E + R, P, NULL);
+    CHECK(placement_table_check(t, NULL) == 0);
+}
+
 static void run_case(comm *c, backend *be, const dispatch_case *tc, int case_id, uint64_t seed) {
-    for (int fixed = 0; fixed < 2; fixed++) {
+    for (int variant = 0; variant < 4; variant++) {
+        if (variant >= 2 && tc->d > 64) break;   // copies: the small rows say it all, cheaper
+        int fixed = variant & 1, R = variant < 2 ? 0 : c->size;
+        if ((int64_t)tc->E + R > (int64_t)tc->E * c->size) R = tc->E * (c->size - 1);   // one copy per rank at most
+        placement_table table = {0};
+        if (variant >= 2) replica_table(&table, tc->E, R, c->size, seed + (uint64_t)case_id);
         moe_shape sh = {.n_experts = tc->E, .top_k = tc->k, .d = tc->d, .n_layers = 1, .rank = c->rank,
-                        .n_ranks = c->size, .max_tokens = tc->max_tokens, .capacity = tc->max_tokens,
-                        .kind = fixed ? MOE_EXCHANGE_FIXED : MOE_EXCHANGE_COUNTS};
+                        .n_ranks = c->size, .placement = variant >= 2 ? &table : NULL, .max_tokens = tc->max_tokens,
+                        .capacity = tc->max_tokens, .kind = fixed ? MOE_EXCHANGE_FIXED : MOE_EXCHANGE_COUNTS};
         moe_state s;
         moe_state_init(&s, be, &sh);
         for (int step = 0; step < 4; step++) {
@@ -22,8 +40,8 @@ static void run_case(comm *c, backend *be, const dispatch_case *tc, int case_id,
             if (step == 1) n = tc->max_tokens;                  // largest step after a small one
             if (c->rank == (case_id + step) % c->size) n = 0;   // a rank with no tokens takes part
             char what[128];
-            snprintf(what, sizeof what, "case %d (E=%d k=%d d=%d) step %d, %s plan", case_id, tc->E, tc->k, tc->d, step,
-                     fixed ? "fixed" : "counts");
+            snprintf(what, sizeof what, "case %d (E=%d k=%d d=%d R=%d) step %d, %s plan", case_id, tc->E, tc->k, tc->d, R,
+                     step, fixed ? "fixed" : "counts");
             if (exchange_round_trip(&s, c, n, rng_next(&r), 1, what)) die("%s: outputs differ (see above)", what);
         }
         // Conservation across ranks: every byte sent is received.
@@ -36,6 +54,7 @@ static void run_case(comm *c, backend *be, const dispatch_case *tc, int case_id,
             die("case %d, %s plan: traffic does not balance: dispatch %lld/%lld, combine %lld/%lld", case_id,
                 fixed ? "fixed" : "counts", (long long)sums[0], (long long)sums[1], (long long)sums[2], (long long)sums[3]);
         moe_state_free(&s);
+        placement_table_free(&table);
     }
 }
 

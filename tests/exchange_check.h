@@ -1,7 +1,8 @@
 // The MoE exchange alone (runtime/moe.h: moe_exchange_layer) on the CPU backend, with fake
 // experts: expert e computes y = x * (e + 1) + e, which depends only on the row and the
-// global expert id, so every rank checks its own tokens' combined outputs bitwise (fmaf over
-// the token's experts in ascending order) without the others. The experts also check that
+// logical expert id (every copy of e computes the same), so every rank checks its own tokens'
+// combined outputs bitwise (fmaf over the token's experts in ascending order) without the
+// others. The experts also check that
 // their rows arrive grouped in (source rank, position at the source) order: element 0 of
 // every row says where it comes from. Shared by tests/test_comm_self.c (one process) and
 // tests/check_dispatch.c (under mpirun).
@@ -15,8 +16,8 @@
 static float fake_expert(float x, int e) { return x * (float)(e + 1) + (float)e; }
 
 typedef struct {
-    int first;          // global id of this rank's local expert 0
-    const char *what;   // names the case in messages
+    const int32_t *holds;   // the logical expert of each local slot of this rank (layer 0)
+    const char *what;       // names the case in messages
     int bad;
 } fake_experts;
 
@@ -26,11 +27,11 @@ static void run_fake_experts(void *ctx, moe_state *s, const moe_exchange_plan *p
     for (int le = 0; le < s->n_local; le++)
         for (int64_t r = s->offsets[le]; r < s->offsets[le + 1]; r++) {
             if (r > s->offsets[le] && !(s->xe[r * d] > s->xe[(r - 1) * d])) {
-                fprintf(stderr, "%s: expert %d rows out of (source rank, position) order: %.0f after %.0f\n", f->what,
-                        f->first + le, s->xe[r * d], s->xe[(r - 1) * d]);
+                fprintf(stderr, "%s: slot %d (expert %d) rows out of (source rank, position) order: %.0f after %.0f\n",
+                        f->what, le, f->holds[le], s->xe[r * d], s->xe[(r - 1) * d]);
                 f->bad = 1;
             }
-            for (int i = 0; i < d; i++) s->ye[r * d + i] = fake_expert(s->xe[r * d + i], f->first + le);
+            for (int i = 0; i < d; i++) s->ye[r * d + i] = fake_expert(s->xe[r * d + i], f->holds[le]);
         }
     if (!plan->fixed && plan->rows_owned != s->offsets[s->n_local]) {
         fprintf(stderr, "%s: the counts plan expects %lld rows, %lld arrived\n", f->what, (long long)plan->rows_owned,
@@ -67,9 +68,7 @@ static int exchange_round_trip(moe_state *s, comm *c, int n, uint64_t seed, int 
         for (int j = 0; j < k; j++) w[t * k + j] = (float)(rng_next(&rng) % 1000u) / 997.0f;
         choose_experts(&rng, expert + (size_t)t * k, E, k);
     }
-    expert_placement p;
-    CHECK(placement_init(&p, E, c->size, NULL) == 0);
-    fake_experts f = {placement_first(&p, c->rank), what, 0};
+    fake_experts f = {placement_layer(&s->table, 0) + placement_first(&s->slots, c->rank), what, 0};
     moe_step_begin(s, s->max_tokens, fixed);
     moe_exchange_layer(s, c, 0, x, n, expert, w, run_fake_experts, &f, out);
     moe_step_end(s);

@@ -137,9 +137,10 @@ static void ref_expert_ffn(float *out, const float *x, const int64_t *offsets, c
 }
 
 // The exact combine: each output element accumulates fmaf(w_j, y_j, acc) from 0 over the
-// token's experts in ascending expert index, the order docs/design.md promises; the backends
-// must match it bitwise. Row of pair (t, j): its owner's first returned row + its pair slot.
-static void ref_combine(float *out, const float *y, const int32_t *expert, const int32_t *pair_slot,
+// token's experts in ascending logical expert index, the order docs/design.md promises; the
+// backends must match it bitwise. Row of pair (t, j): the owner of its physical expert
+// phys[t * k + j] (where it was computed): that owner's first returned row + its pair slot.
+static void ref_combine(float *out, const float *y, const int32_t *expert, const int32_t *phys, const int32_t *pair_slot,
                         const float *w, const int64_t *ret_base, const int32_t *owner, int n, int k, int dim) {
     for (int t = 0; t < n; t++)
         for (int c = 0; c < dim; c++) {
@@ -149,7 +150,7 @@ static void ref_combine(float *out, const float *y, const int32_t *expert, const
                 for (int i = 0; i < k; i++)
                     if (expert[t * k + i] > e_prev && (j < 0 || expert[t * k + i] < expert[t * k + j])) j = i;
                 e_prev = expert[t * k + j];
-                int64_t row = ret_base[owner[e_prev]] + pair_slot[t * k + j];
+                int64_t row = ret_base[owner[phys[t * k + j]]] + pair_slot[t * k + j];
                 acc = fmaf(w[t * k + j], y[(size_t)row * dim + c], acc);
             }
             out[(size_t)t * dim + c] = acc;
@@ -159,30 +160,45 @@ static void ref_combine(float *out, const float *y, const int32_t *expert, const
 // ---------------------------------------------------------------------------- MoE exchange
 // Written from base/moe_wire.h and kernels/backend.h as counting definitions (how many come
 // before), not as the scatter loops the kernels use.
-static void ref_moe_plan(int32_t *counts, int32_t *row_slot, int32_t *pair_slot, const int32_t *expert, int n, int k,
-                         const int32_t *owner, int E, int P) {
-    memset(counts, 0, (size_t)(E + P) * sizeof(int32_t));
+// The copy of each pair's logical expert e: copy (i + salt) mod c of e's c copies
+// (replica[start[e] ..]), i = how many earlier tokens have e among their experts.
+static void ref_moe_assign(int32_t *phys, const int32_t *expert, int n, int k, int salt, const int32_t *start,
+                           const int32_t *replica) {
     for (int t = 0; t < n; t++)
         for (int j = 0; j < k; j++) {
-            int e = expert[t * k + j], r = owner[e];
-            counts[e]++;
+            int e = expert[t * k + j], before = 0, copies = start[e + 1] - start[e];
+            for (int u = 0; u < t; u++)
+                for (int i = 0; i < k; i++) before += expert[u * k + i] == e;
+            phys[t * k + j] = replica[start[e] + (int)(((int64_t)before + salt) % copies)];
+        }
+}
+
+// The plan over the pairs' physical experts phys[n * k] (S of them on P ranks).
+static void ref_moe_plan(int32_t *counts, int32_t *row_slot, int32_t *pair_slot, const int32_t *phys, int n, int k,
+                         const int32_t *owner, int S, int P) {
+    memset(counts, 0, (size_t)(S + P) * sizeof(int32_t));
+    for (int t = 0; t < n; t++)
+        for (int j = 0; j < k; j++) {
+            int p = phys[t * k + j], r = owner[p];
+            counts[p]++;
             int first = 1, rows_before = 0, pairs_before = 0;
-            for (int i = 0; i < j; i++) first &= owner[expert[t * k + i]] != r;
+            for (int i = 0; i < j; i++) first &= owner[phys[t * k + i]] != r;
             for (int u = 0; u <= t; u++) {
                 int visits = 0;
                 for (int i = 0; i < k; i++) {
                     if (u == t && i == j) break;
-                    if (owner[expert[u * k + i]] == r) { pairs_before++; visits = 1; }
+                    if (owner[phys[u * k + i]] == r) { pairs_before++; visits = 1; }
                 }
                 if (u < t) rows_before += visits;
             }
             row_slot[t * k + j] = first ? rows_before : -1;
             pair_slot[t * k + j] = pairs_before;
-            if (first) counts[E + r]++;
+            if (first) counts[S + r]++;
         }
 }
 
-// The message a rank sends peer r, written into msg (header, rows, pairs at pairs_at).
+// The message a rank sends peer r, written into msg (header, rows, pairs at pairs_at); expert:
+// the pairs' physical experts.
 static void ref_moe_message(uint8_t *msg, size_t pairs_at, int r, const float *x, const int32_t *expert, int n, int k,
                             int d, const int32_t *owner, const int32_t *local) {
     int32_t rows = 0, pairs = 0;

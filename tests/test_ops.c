@@ -9,6 +9,7 @@
 // makes OP's cases fail (a check that a failure does not stop the others). Without a GPU,
 // --backend cuda exits 77 (ctest: skipped).
 #include "kernels/backend.h"
+#include "parallel/balance.h"
 #include "parallel/placement.h"
 #include "tests/ops_harness.h"
 #include "tests/ops_reference.h"
@@ -276,13 +277,59 @@ static double case_expert_ffn(const test_case *c) {
     return e;
 }
 
-// A MoE case's routing: n tokens, each with k distinct experts of E in ascending order, and
-// the contiguous placement of the experts on P ranks (owner, local), host and backend.
+// Where a MoE case's experts live: E logical experts as S = E + R physical ones in contiguous
+// blocks on P ranks (owner, local). Without redundant experts physical p is logical p; with
+// them the placement is balance_layer's for random loads (copies of the heavy experts, no
+// rank holding one twice). Host and backend copies, and the backend's moe_map.
 typedef struct {
-    int n, k, E, P, d;
-    int32_t *expert, *owner, *local;
-    int32_t *d_expert, *d_owner, *d_local;
+    int E, S, P;
+    int32_t *owner, *local, *start, *replica;
+    int32_t *d_owner, *d_local, *d_start, *d_replica;
     moe_map map;
+} moe_where;
+
+static void moe_where_init(moe_where *w, int E, int R, int P) {
+    *w = (moe_where){.E = E, .S = E + R, .P = P};
+    placement_table t;
+    llamoe_err err;
+    if (placement_table_alloc(&t, 1, E, E + R, P, &err) != 0) die("ops cases: %s", err.msg);
+    int64_t load[512];
+    for (int e = 0; e < E; e++) load[e] = R ? rand_int(100) : 1;
+    if (R) balance_layer(t.logical, load, E, E + R, P, NULL);
+    else for (int e = 0; e < E; e++) t.logical[e] = e;
+    if (placement_table_check(&t, &err) != 0) die("ops cases: %s", err.msg);
+    expert_placement pl;
+    CHECK(placement_init(&pl, w->S, P, NULL) == 0);
+    w->owner = xmalloc(sizeof(int32_t) * w->S);
+    w->local = xmalloc(sizeof(int32_t) * w->S);
+    w->start = xmalloc(sizeof(int32_t) * (E + 1));
+    w->replica = xmalloc(sizeof(int32_t) * w->S);
+    for (int p = 0; p < w->S; p++) {
+        w->owner[p] = placement_owner(&pl, p);
+        w->local[p] = p - placement_first(&pl, w->owner[p]);
+    }
+    placement_replicas(&t, 0, w->start, w->replica);
+    placement_table_free(&t);
+    w->d_owner = to_be(w->owner, sizeof(int32_t) * w->S);
+    w->d_local = to_be(w->local, sizeof(int32_t) * w->S);
+    w->d_start = to_be(w->start, sizeof(int32_t) * (E + 1));
+    w->d_replica = to_be(w->replica, sizeof(int32_t) * w->S);
+    w->map = (moe_map){.owner = w->d_owner, .local = w->d_local, .replica_start = w->d_start,
+                       .replica = w->d_replica, .n_experts = w->S, .n_ranks = P, .n_logical = E};
+}
+
+static void moe_where_free(moe_where *w) {
+    free(w->owner); free(w->local); free(w->start); free(w->replica);
+    be_free(w->d_owner); be_free(w->d_local); be_free(w->d_start); be_free(w->d_replica);
+}
+
+// A MoE case's routing: n tokens, each with k distinct logical experts of E in ascending
+// order, and each pair's physical expert as the reference chooses it (salt: a random start).
+typedef struct {
+    int n, k, d, salt;
+    const moe_where *w;
+    int32_t *expert, *phys;
+    int32_t *d_expert, *d_phys;
 } moe_case;
 
 static void random_experts(int32_t *ids, int E, int k) {
@@ -297,37 +344,29 @@ static void random_experts(int32_t *ids, int E, int k) {
         for (int b = a; b > 0 && ids[b] < ids[b - 1]; b--) { int32_t t = ids[b]; ids[b] = ids[b - 1]; ids[b - 1] = t; }
 }
 
-static void moe_case_init(moe_case *m, int n, int k, int E, int P, int d) {
-    *m = (moe_case){.n = n, .k = k, .E = E, .P = P, .d = d};
-    expert_placement pl;
-    llamoe_err err;
-    if (placement_init(&pl, E, P, &err) != 0) die("ops cases: %s", err.msg);
-    m->owner = xmalloc(sizeof(int32_t) * E);
-    m->local = xmalloc(sizeof(int32_t) * E);
-    for (int e = 0; e < E; e++) {
-        m->owner[e] = placement_owner(&pl, e);
-        m->local[e] = e - placement_first(&pl, m->owner[e]);
-    }
-    m->expert = xmalloc(sizeof(int32_t) * ((size_t)n * k + 1));
-    for (int t = 0; t < n; t++) random_experts(m->expert + (size_t)t * k, E, k);
-    m->d_expert = to_be(m->expert, sizeof(int32_t) * ((size_t)n * k + 1));
-    m->d_owner = to_be(m->owner, sizeof(int32_t) * E);
-    m->d_local = to_be(m->local, sizeof(int32_t) * E);
-    m->map = (moe_map){.owner = m->d_owner, .local = m->d_local, .n_experts = E, .n_ranks = P};
+static void moe_case_init(moe_case *m, const moe_where *w, int n, int k, int d) {
+    *m = (moe_case){.n = n, .k = k, .d = d, .w = w, .salt = w->S > w->E ? rand_int(1000) : 0};
+    size_t np = (size_t)n * k + 1;
+    m->expert = xmalloc(sizeof(int32_t) * np);
+    m->phys = xmalloc(sizeof(int32_t) * np);
+    for (int t = 0; t < n; t++) random_experts(m->expert + (size_t)t * k, w->E, k);
+    ref_moe_assign(m->phys, m->expert, n, k, m->salt, w->start, w->replica);
+    m->d_expert = to_be(m->expert, sizeof(int32_t) * np);
+    m->d_phys = to_be(m->phys, sizeof(int32_t) * np);
 }
 
 static void moe_case_free(moe_case *m) {
-    free(m->expert); free(m->owner); free(m->local);
-    be_free(m->d_expert); be_free(m->d_owner); be_free(m->d_local);
+    free(m->expert); free(m->phys);
+    be_free(m->d_expert); be_free(m->d_phys);
 }
 
 // Pairs and rows sent to each rank (from the reference plan's counts).
-static void peer_counts(const moe_case *m, const int32_t *counts, int64_t *rows, int64_t *pairs) {
-    for (int r = 0; r < m->P; r++) {
-        rows[r] = counts[m->E + r];
+static void peer_counts(const moe_where *w, const int32_t *counts, int64_t *rows, int64_t *pairs) {
+    for (int r = 0; r < w->P; r++) {
+        rows[r] = counts[w->S + r];
         pairs[r] = 0;
     }
-    for (int e = 0; e < m->E; e++) pairs[m->owner[e]] += counts[e];
+    for (int p = 0; p < w->S; p++) pairs[w->owner[p]] += counts[p];
 }
 
 // Message offsets for peers with rows[r] rows and pairs[r] pairs (fixed: every message has
@@ -345,82 +384,97 @@ static size_t layout(moe_layout *at, const int64_t *rows, const int64_t *pairs, 
 
 static int differs(const void *a, const void *b, size_t bytes) { return memcmp(a, b, bytes) != 0; }
 
+static void where_of_case(moe_where *w, const test_case *c) {
+    moe_where_init(w, (int)iparam(c, "experts"), (int)iparam_or(c, "redundant", 0), (int)iparam(c, "ranks"));
+}
+
 static double case_moe_plan(const test_case *c) {
+    moe_where w;
     moe_case m;
-    moe_case_init(&m, (int)iparam(c, "n"), (int)iparam(c, "k"), (int)iparam(c, "experts"), (int)iparam(c, "ranks"), 1);
-    size_t np = (size_t)m.n * m.k + 1, nc = (size_t)m.E + m.P;
+    where_of_case(&w, c);
+    moe_case_init(&m, &w, (int)iparam(c, "n"), (int)iparam(c, "k"), 1);
+    size_t np = (size_t)m.n * m.k + 1, nc = (size_t)w.S + w.P;
     int32_t *counts = xmalloc(nc * 4), *row_slot = xmalloc(np * 4), *pair_slot = xmalloc(np * 4);
     int64_t *tally = xmalloc(nc * 8);
     for (size_t i = 0; i < nc; i++) tally[i] = rand_int(1000);   // the plan adds to it
-    ref_moe_plan(counts, row_slot, pair_slot, m.expert, m.n, m.k, m.owner, m.E, m.P);
+    ref_moe_plan(counts, row_slot, pair_slot, m.phys, m.n, m.k, w.owner, w.S, w.P);
     int32_t *dc = be->alloc(be, nc * 4), *dr = be->alloc(be, np * 4), *dp = be->alloc(be, np * 4);
+    int32_t *dphys = be->alloc(be, np * 4);
     int64_t *dt = to_be(tally, nc * 8);
-    be->moe_plan(be, dc, dr, dp, dt, m.d_expert, m.n, m.k, &m.map);
+    be->moe_plan(be, dc, dr, dp, dphys, dt, m.d_expert, m.n, m.k, m.salt, &w.map);
     int32_t *gc = from_be(dc, nc * 4), *gr = from_be(dr, np * 4), *gp = from_be(dp, np * 4);
+    int32_t *gphys = from_be(dphys, np * 4);
     int64_t *gt = from_be(dt, nc * 8);
     for (size_t i = 0; i < nc; i++) tally[i] += counts[i];
     np -= 1;
     int bad = differs(gc, counts, nc * 4) || differs(gr, row_slot, np * 4) || differs(gp, pair_slot, np * 4) ||
-              differs(gt, tally, nc * 8);
-    free(counts); free(row_slot); free(pair_slot); free(tally); free(gc); free(gr); free(gp); free(gt);
-    be_free(dc); be_free(dr); be_free(dp); be_free(dt);
+              differs(gphys, m.phys, np * 4) || differs(gt, tally, nc * 8);
+    free(counts); free(row_slot); free(pair_slot); free(tally); free(gc); free(gr); free(gp); free(gphys); free(gt);
+    be_free(dc); be_free(dr); be_free(dp); be_free(dphys); be_free(dt);
     moe_case_free(&m);
+    moe_where_free(&w);
     return bad ? INFINITY : 0;
 }
 
 static double case_moe_pack(const test_case *c) {
+    moe_where w;
     moe_case m;
     int fixed = (int)iparam(c, "fixed");
-    moe_case_init(&m, (int)iparam(c, "n"), (int)iparam(c, "k"), (int)iparam(c, "experts"), (int)iparam(c, "ranks"),
-                  (int)iparam(c, "d"));
-    size_t np = (size_t)m.n * m.k + 1, nc = (size_t)m.E + m.P, nx = (size_t)m.n * m.d + 1;
+    where_of_case(&w, c);
+    moe_case_init(&m, &w, (int)iparam(c, "n"), (int)iparam(c, "k"), (int)iparam(c, "d"));
+    size_t np = (size_t)m.n * m.k + 1, nc = (size_t)w.S + w.P, nx = (size_t)m.n * m.d + 1;
     int32_t *counts = xmalloc(nc * 4), *row_slot = xmalloc(np * 4), *pair_slot = xmalloc(np * 4);
-    ref_moe_plan(counts, row_slot, pair_slot, m.expert, m.n, m.k, m.owner, m.E, m.P);
+    ref_moe_plan(counts, row_slot, pair_slot, m.phys, m.n, m.k, w.owner, w.S, w.P);
     int64_t rows[MOE_MAX_RANKS], pairs[MOE_MAX_RANKS];
-    peer_counts(&m, counts, rows, pairs);
+    peer_counts(&w, counts, rows, pairs);
     moe_layout at;
-    size_t bytes = layout(&at, rows, pairs, m.P, m.d, fixed ? m.n : 0, m.k);
+    size_t bytes = layout(&at, rows, pairs, w.P, m.d, fixed ? m.n : 0, m.k);
     float *x = rand_floats(nx, 1);
     uint8_t *want = xcalloc(bytes + 1, 1);
-    for (int r = 0; r < m.P; r++) ref_moe_message(want + at.msg[r], at.pairs[r], r, x, m.expert, m.n, m.k, m.d, m.owner, m.local);
+    for (int r = 0; r < w.P; r++)
+        ref_moe_message(want + at.msg[r], at.pairs[r], r, x, m.phys, m.n, m.k, m.d, w.owner, w.local);
     int32_t *dc = to_be(counts, nc * 4), *dr = to_be(row_slot, np * 4), *dp = to_be(pair_slot, np * 4);
     float *dx = to_be(x, nx * 4);
     uint8_t *ds = be->alloc(be, bytes + 1);
-    be->moe_pack(be, ds, &at, dx, m.d_expert, dr, dp, dc, m.n, m.k, m.d, &m.map);
+    be->moe_pack(be, ds, &at, dx, m.d_phys, dr, dp, dc, m.n, m.k, m.d, &w.map);
     uint8_t *got = from_be(ds, bytes + 1);
     int bad = 0;   // the defined parts of every message: header, rows, pairs
-    for (int r = 0; r < m.P; r++) {
-        const uint8_t *g = got + at.msg[r], *w = want + at.msg[r];
-        bad |= differs(g, w, MOE_HEADER_BYTES + (size_t)rows[r] * m.d * 4);
-        bad |= differs(g + at.pairs[r], w + at.pairs[r], (size_t)pairs[r] * MOE_PAIR_BYTES);
+    for (int r = 0; r < w.P; r++) {
+        const uint8_t *g = got + at.msg[r], *wt = want + at.msg[r];
+        bad |= differs(g, wt, MOE_HEADER_BYTES + (size_t)rows[r] * m.d * 4);
+        bad |= differs(g + at.pairs[r], wt + at.pairs[r], (size_t)pairs[r] * MOE_PAIR_BYTES);
     }
     free(counts); free(row_slot); free(pair_slot); free(x); free(want); free(got);
     be_free(dc); be_free(dr); be_free(dp); be_free(dx); be_free(ds);
     moe_case_free(&m);
+    moe_where_free(&w);
     return bad ? INFINITY : 0;
 }
 
 // Rank `rank` receives from each of P sources the message that source's random tokens make.
 static double case_moe_group(const test_case *c) {
-    int P = (int)iparam(c, "ranks"), E = (int)iparam(c, "experts"), k = (int)iparam(c, "k"), d = (int)iparam(c, "d");
+    int P = (int)iparam(c, "ranks"), k = (int)iparam(c, "k"), d = (int)iparam(c, "d");
     int rank = (int)iparam(c, "rank"), n_max = (int)iparam(c, "n"), fixed = (int)iparam(c, "fixed");
+    moe_where w;
+    where_of_case(&w, c);
+    int S = w.S;
     moe_case src[MOE_MAX_RANKS];
     int64_t rows_from[MOE_MAX_RANKS], pairs_from[MOE_MAX_RANKS], ret_base[MOE_MAX_RANKS + 1] = {0};
     float *xs[MOE_MAX_RANKS];
     int L = 0;
     for (int s = 0; s < P; s++) {
-        moe_case_init(&src[s], rand_int(n_max + 1), k, E, P, d);
-        int32_t *counts = xmalloc(((size_t)E + P) * 4), *rs = xmalloc(((size_t)src[s].n * k + 1) * 4),
+        moe_case_init(&src[s], &w, rand_int(n_max + 1), k, d);
+        int32_t *counts = xmalloc(((size_t)S + P) * 4), *rs = xmalloc(((size_t)src[s].n * k + 1) * 4),
                 *ps = xmalloc(((size_t)src[s].n * k + 1) * 4);
-        ref_moe_plan(counts, rs, ps, src[s].expert, src[s].n, k, src[s].owner, E, P);
+        ref_moe_plan(counts, rs, ps, src[s].phys, src[s].n, k, w.owner, S, P);
         int64_t rows[MOE_MAX_RANKS], pairs[MOE_MAX_RANKS];
-        peer_counts(&src[s], counts, rows, pairs);
+        peer_counts(&w, counts, rows, pairs);
         rows_from[s] = rows[rank];
         pairs_from[s] = pairs[rank];
         xs[s] = rand_floats((size_t)src[s].n * d + 1, 1);
         free(counts); free(rs); free(ps);
     }
-    for (int e = 0; e < E; e++) L += src[0].owner[e] == rank;
+    for (int p = 0; p < S; p++) L += w.owner[p] == rank;
     int cap_pairs = fixed ? n_max * (k < L ? k : L) : 0;
     for (int s = 0; s < P; s++) ret_base[s + 1] = ret_base[s] + (fixed ? cap_pairs : pairs_from[s]);
     moe_layout at;
@@ -433,7 +487,7 @@ static double case_moe_group(const test_case *c) {
     }
     uint8_t *recv = xcalloc(off + 1, 1);
     for (int s = 0; s < P; s++)
-        ref_moe_message(recv + at.msg[s], at.pairs[s], rank, xs[s], src[s].expert, src[s].n, k, d, src[s].owner, src[s].local);
+        ref_moe_message(recv + at.msg[s], at.pairs[s], rank, xs[s], src[s].phys, src[s].n, k, d, w.owner, w.local);
     int64_t M = ret_base[P];
     float *want_xe = xcalloc((size_t)M * d + 1, 4);
     int64_t want_off[MOE_MAX_RANKS + 1];
@@ -453,32 +507,35 @@ static double case_moe_group(const test_case *c) {
     for (int s = 0; s < P; s++) { moe_case_free(&src[s]); free(xs[s]); }
     free(recv); free(want_xe); free(want_ret); free(gxe); free(goff); free(gret);
     be_free(drecv); be_free(dxe); be_free(doff); be_free(dret);
+    moe_where_free(&w);
     return bad ? INFINITY : 0;
 }
 
 // The exact combine, bitwise against accumulating fmaf in ascending expert index. Each
 // owner's returned rows are laid out as the counts plan does: in its pair order.
 static double case_combine(const test_case *c) {
+    moe_where w;
     moe_case m;
-    moe_case_init(&m, (int)iparam(c, "n"), (int)iparam(c, "k"), (int)iparam(c, "experts"), (int)iparam(c, "ranks"),
-                  (int)iparam(c, "dim"));
-    size_t np = (size_t)m.n * m.k + 1, nc = (size_t)m.E + m.P;
+    where_of_case(&w, c);
+    moe_case_init(&m, &w, (int)iparam(c, "n"), (int)iparam(c, "k"), (int)iparam(c, "dim"));
+    size_t np = (size_t)m.n * m.k + 1, nc = (size_t)w.S + w.P;
     int32_t *counts = xmalloc(nc * 4), *row_slot = xmalloc(np * 4), *pair_slot = xmalloc(np * 4);
-    ref_moe_plan(counts, row_slot, pair_slot, m.expert, m.n, m.k, m.owner, m.E, m.P);
+    ref_moe_plan(counts, row_slot, pair_slot, m.phys, m.n, m.k, w.owner, w.S, w.P);
     int64_t rows[MOE_MAX_RANKS], pairs[MOE_MAX_RANKS], ret_base[MOE_MAX_RANKS + 1] = {0};
-    peer_counts(&m, counts, rows, pairs);
-    for (int r = 0; r < m.P; r++) ret_base[r + 1] = ret_base[r] + pairs[r];
-    size_t ny = (size_t)ret_base[m.P] * m.d + 1, no = (size_t)m.n * m.d;
-    float *y = rand_floats(ny, 1), *w = rand_floats(np, 1), *want = xmalloc(sizeof(float) * (no + 1));
-    ref_combine(want, y, m.expert, pair_slot, w, ret_base, m.owner, m.n, m.k, m.d);
-    float *dy = to_be(y, ny * 4), *dw = to_be(w, np * 4), *dout = be->alloc(be, no * 4 + 4);
+    peer_counts(&w, counts, rows, pairs);
+    for (int r = 0; r < w.P; r++) ret_base[r + 1] = ret_base[r] + pairs[r];
+    size_t ny = (size_t)ret_base[w.P] * m.d + 1, no = (size_t)m.n * m.d;
+    float *y = rand_floats(ny, 1), *wt = rand_floats(np, 1), *want = xmalloc(sizeof(float) * (no + 1));
+    ref_combine(want, y, m.expert, m.phys, pair_slot, wt, ret_base, w.owner, m.n, m.k, m.d);
+    float *dy = to_be(y, ny * 4), *dw = to_be(wt, np * 4), *dout = be->alloc(be, no * 4 + 4);
     int32_t *dp = to_be(pair_slot, np * 4);
-    be->combine(be, dout, dy, m.d_expert, dp, dw, ret_base, m.n, m.k, m.d, &m.map);
+    be->combine(be, dout, dy, m.d_phys, dp, dw, ret_base, m.n, m.k, m.d, &w.map);
     float *got = from_be(dout, no * 4 + 4);
     double e = differs(got, want, no * 4) ? fmax(norm_err(got, want, no), 1e-30) : 0;
-    free(got); free(want); free(y); free(w); free(counts); free(row_slot); free(pair_slot);
+    free(got); free(want); free(y); free(wt); free(counts); free(row_slot); free(pair_slot);
     be_free(dy); be_free(dw); be_free(dout); be_free(dp);
     moe_case_free(&m);
+    moe_where_free(&w);
     return e;
 }
 

@@ -1,56 +1,62 @@
-// The MoE exchange's ops (kernels/backend.h): the route plan, packing every peer's message,
-// and grouping what arrived by local expert. Plain loops: these move rows, they compute
+// The MoE exchange's ops (kernels/backend.h): the route plan (with the choice of each pair's
+// copy of its expert), packing every peer's message, and grouping what arrived by local expert. Plain loops: these move rows, they compute
 // nothing, and the CUDA versions are tested against them.
 #include "kernels/cpu/cpu_internal.h"
 
-// The earliest j' <= j of token t whose expert lives on the same rank as pair (t, j): the pair
-// that carries token t's row to that rank.
-static int first_pair_on_rank(const int32_t *ids, int j, const moe_map *map) {
-    int r = map->owner[ids[j]];
+// The earliest j' <= j of token t whose physical expert lives on the same rank as pair (t, j):
+// the pair that carries token t's row to that rank.
+static int first_pair_on_rank(const int32_t *phys, int j, const moe_map *map) {
+    int r = map->owner[phys[j]];
     for (int i = 0; i < j; i++)
-        if (map->owner[ids[i]] == r) return i;
+        if (map->owner[phys[i]] == r) return i;
     return j;
 }
 
-void cpu_moe_plan(backend *be, int32_t *counts, int32_t *row_slot, int32_t *pair_slot, int64_t *tally,
-                  const int32_t *expert, int n, int k, const moe_map *map) {
-    int E = map->n_experts, P = map->n_ranks;
-    CHECK(P >= 1 && P <= MOE_MAX_RANKS && k >= 1 && k <= E);
-    int32_t *rows_to = counts + E;
-    int32_t *pairs_to = cpu_scratch(be, CPU_SCRATCH_MOE, (size_t)P * sizeof(int32_t));
-    memset(counts, 0, (size_t)(E + P) * sizeof(int32_t));
-    memset(pairs_to, 0, (size_t)P * sizeof(int32_t));
+void cpu_moe_plan(backend *be, int32_t *counts, int32_t *row_slot, int32_t *pair_slot, int32_t *pair_expert,
+                  int64_t *tally, const int32_t *expert, int n, int k, int salt, const moe_map *map) {
+    int S = map->n_experts, P = map->n_ranks, E = map->n_logical;
+    CHECK(P >= 1 && P <= MOE_MAX_RANKS && k >= 1 && k <= E && E <= S && salt >= 0);
+    int32_t *rows_to = counts + S;
+    int32_t *pairs_to = cpu_scratch(be, CPU_SCRATCH_MOE, ((size_t)P + E) * sizeof(int32_t));
+    int32_t *dealt = pairs_to + P;   // tokens of each logical expert so far
+    memset(counts, 0, (size_t)(S + P) * sizeof(int32_t));
+    memset(pairs_to, 0, ((size_t)P + E) * sizeof(int32_t));
     for (int t = 0; t < n; t++) {
         const int32_t *ids = expert + (size_t)t * k;
+        int32_t *phys = pair_expert + (size_t)t * k;
         for (int j = 0; j < k; j++) {
             int e = ids[j];
             // The router and the identity table write these: a bad one is a bug, not input.
             CHECK(e >= 0 && e < E && (j == 0 || e > ids[j - 1]));
-            int r = map->owner[e];
-            size_t p = (size_t)t * k + j;
-            row_slot[p] = first_pair_on_rank(ids, j, map) == j ? rows_to[r]++ : -1;
-            pair_slot[p] = pairs_to[r]++;
-            counts[e]++;
+            int first = map->replica_start[e], copies = map->replica_start[e + 1] - first;
+            phys[j] = map->replica[first + (int)(((int64_t)dealt[e]++ + salt) % copies)];
+        }
+        for (int j = 0; j < k; j++) {
+            int p = phys[j], r = map->owner[p];
+            size_t at = (size_t)t * k + j;
+            row_slot[at] = first_pair_on_rank(phys, j, map) == j ? rows_to[r]++ : -1;
+            pair_slot[at] = pairs_to[r]++;
+            counts[p]++;
         }
     }
     if (tally)
-        for (int i = 0; i < E + P; i++) tally[i] += counts[i];
+        for (int i = 0; i < S + P; i++) tally[i] += counts[i];
 }
 
 void cpu_moe_pack(backend *be, void *send, const moe_layout *at, const float *x, const int32_t *expert,
                   const int32_t *row_slot, const int32_t *pair_slot, const int32_t *counts,
                   int n, int k, int d, const moe_map *map) {
-    int E = map->n_experts, P = map->n_ranks;
+    int S = map->n_experts, P = map->n_ranks;
     size_t row_bytes = (size_t)d * sizeof(float);
     char *buf = send;
     for (int r = 0; r < P; r++) {
-        int32_t header[4] = {counts[E + r], 0, d, 0};
-        for (int e = 0; e < E; e++)
-            if (map->owner[e] == r) header[1] += counts[e];
+        int32_t header[4] = {counts[S + r], 0, d, 0};
+        for (int p = 0; p < S; p++)
+            if (map->owner[p] == r) header[1] += counts[p];
         memcpy(buf + at->msg[r], header, sizeof header);
     }
     for (int t = 0; t < n; t++) {
-        const int32_t *ids = expert + (size_t)t * k;
+        const int32_t *ids = expert + (size_t)t * k;   // physical
         for (int j = 0; j < k; j++) {
             size_t p = (size_t)t * k + j;
             int e = ids[j], r = map->owner[e];

@@ -133,8 +133,8 @@ void cuda_swiglu(backend *be, float *out, const float *gate, const float *up, in
 void cuda_add(backend *be, float *x, const float *y, int64_t n);
 void cuda_argmax(backend *be, int32_t *out, const float *logits, int n, int vocab);
 void cuda_router_topk(backend *be, int32_t *expert, float *weight, const float *logits, int n, int n_experts, int k);
-void cuda_moe_plan(backend *be, int32_t *counts, int32_t *row_slot, int32_t *pair_slot, int64_t *tally,
-                   const int32_t *expert, int n, int k, const moe_map *map);
+void cuda_moe_plan(backend *be, int32_t *counts, int32_t *row_slot, int32_t *pair_slot, int32_t *pair_expert,
+                   int64_t *tally, const int32_t *expert, int n, int k, int salt, const moe_map *map);
 void cuda_moe_pack(backend *be, void *send, const moe_layout *at, const float *x, const int32_t *expert,
                    const int32_t *row_slot, const int32_t *pair_slot, const int32_t *counts,
                    int n, int k, int d, const moe_map *map);

@@ -1,5 +1,6 @@
-// The MoE exchange's ops on the device (kernels/backend.h): the route plan, packing every
-// peer's message, and grouping what arrived by local expert. Tested bitwise against the CPU
+// The MoE exchange's ops on the device (kernels/backend.h): the route plan (with the choice
+// of each pair's copy of its expert), packing every peer's message, and grouping what arrived
+// by local expert. Tested bitwise against the CPU
 // backend's loops (kernels/cpu/moe_exchange.c). Index arrays stay on the device; the message
 // offsets and per-rank tables travel by value in the launch.
 #include "kernels/cuda/cuda_common.cuh"
@@ -13,12 +14,40 @@ struct add_int2 {
 };
 
 // ---------------------------------------------------------------------------- plan
+// The copy of each pair's expert: one block per logical expert e scans the tokens in order;
+// the exclusive prefix sum of "token t has e" is the number of earlier tokens dealt to e's
+// copies, which picks copy (i + salt) mod copies (the CPU's round robin, bit for bit).
+__global__ void __launch_bounds__(PLAN_THREADS) moe_assign_kernel(int32_t *pair_expert, const int32_t *expert,
+                                                                  const int32_t *replica_start, const int32_t *replica,
+                                                                  int n, int k, int salt) {
+    typedef cub::BlockScan<int, PLAN_THREADS> scan_t;
+    __shared__ typename scan_t::TempStorage scratch;
+    __shared__ int carry;
+    int e = blockIdx.x, first = replica_start[e], copies = replica_start[e + 1] - first;
+    if (threadIdx.x == 0) carry = 0;
+    __syncthreads();
+    for (int t0 = 0; t0 < n; t0 += PLAN_THREADS) {
+        int t = t0 + threadIdx.x, at = -1;   // token t's pair with expert e, if any
+        if (t < n)
+            for (int j = 0; j < k; j++)
+                if (expert[(int64_t)t * k + j] == e) at = j;
+        int before, total;
+        scan_t(scratch).ExclusiveSum(at >= 0 ? 1 : 0, before, total);
+        if (at >= 0)
+            pair_expert[(int64_t)t * k + at] = replica[first + (int)(((int64_t)carry + before + salt) % copies)];
+        __syncthreads();   // every thread has read carry
+        if (threadIdx.x == 0) carry += total;
+        __syncthreads();
+    }
+}
+
 // One block per destination rank r scans the tokens in order: token t sends r one row if one
-// of its experts lives there, and one pair per such expert; the exclusive prefix sums over
-// the tokens are the slots. Per-expert counts are integer atomics (the same sum in any order).
+// of its pairs' physical experts lives there, and one pair per such expert; the exclusive
+// prefix sums over the tokens are the slots. Per-expert counts are integer atomics (the same
+// sum in any order).
 __global__ void __launch_bounds__(PLAN_THREADS) moe_plan_kernel(int32_t *counts, int32_t *row_slot, int32_t *pair_slot,
-                                                                const int32_t *expert, const int32_t *owner, int n,
-                                                                int k, int E) {
+                                                                const int32_t *pair_expert, const int32_t *owner, int n,
+                                                                int k, int S) {
     typedef cub::BlockScan<int2, PLAN_THREADS> scan_t;
     __shared__ typename scan_t::TempStorage scratch;
     __shared__ int2 carry;
@@ -28,10 +57,10 @@ __global__ void __launch_bounds__(PLAN_THREADS) moe_plan_kernel(int32_t *counts,
     for (int t0 = 0; t0 < n; t0 += PLAN_THREADS) {
         int t = t0 + threadIdx.x;
         int2 mine = make_int2(0, 0);   // (rows, pairs) token t sends rank r
-        const int32_t *ids = expert + (int64_t)t * k;
+        const int32_t *phys = pair_expert + (int64_t)t * k;
         if (t < n)
             for (int j = 0; j < k; j++)
-                if (owner[ids[j]] == r) {
+                if (owner[phys[j]] == r) {
                     mine.y++;
                     mine.x = 1;
                 }
@@ -40,20 +69,20 @@ __global__ void __launch_bounds__(PLAN_THREADS) moe_plan_kernel(int32_t *counts,
         if (t < n) {
             int row = carry.x + before.x, pair = carry.y + before.y, first = 1;
             for (int j = 0; j < k; j++) {
-                int e = ids[j];
-                if (owner[e] != r) continue;
-                int64_t p = (int64_t)t * k + j;
-                row_slot[p] = first ? row : -1;
-                pair_slot[p] = pair++;
+                int p = phys[j];
+                if (owner[p] != r) continue;
+                int64_t at = (int64_t)t * k + j;
+                row_slot[at] = first ? row : -1;
+                pair_slot[at] = pair++;
                 first = 0;
-                atomicAdd(&counts[e], 1);
+                atomicAdd(&counts[p], 1);
             }
         }
         __syncthreads();   // every thread has read carry
         if (threadIdx.x == 0) carry = make_int2(carry.x + total.x, carry.y + total.y);
         __syncthreads();
     }
-    if (threadIdx.x == 0) counts[E + r] = carry.x;
+    if (threadIdx.x == 0) counts[S + r] = carry.x;
 }
 
 __global__ void tally_kernel(int64_t *tally, const int32_t *counts, int count) {
@@ -61,16 +90,21 @@ __global__ void tally_kernel(int64_t *tally, const int32_t *counts, int count) {
     if (i < count) tally[i] += counts[i];
 }
 
-void cuda_moe_plan(backend *be, int32_t *counts, int32_t *row_slot, int32_t *pair_slot, int64_t *tally,
-                   const int32_t *expert, int n, int k, const moe_map *map) {
+void cuda_moe_plan(backend *be, int32_t *counts, int32_t *row_slot, int32_t *pair_slot, int32_t *pair_expert,
+                   int64_t *tally, const int32_t *expert, int n, int k, int salt, const moe_map *map) {
     cuda_ctx *cx = cuda_of(be);
-    int E = map->n_experts, P = map->n_ranks;
-    CHECK(P >= 1 && P <= MOE_MAX_RANKS && k >= 1 && k <= E);
-    cudaCheck(cudaMemsetAsync(counts, 0, (size_t)(E + P) * sizeof(int32_t), cx->stream));
-    moe_plan_kernel<<<P, PLAN_THREADS, 0, cx->stream>>>(counts, row_slot, pair_slot, expert, map->owner, n, k, E);
+    int S = map->n_experts, P = map->n_ranks, E = map->n_logical;
+    CHECK(P >= 1 && P <= MOE_MAX_RANKS && k >= 1 && k <= E && E <= S && salt >= 0);
+    cudaCheck(cudaMemsetAsync(counts, 0, (size_t)(S + P) * sizeof(int32_t), cx->stream));
+    if (n > 0) {
+        moe_assign_kernel<<<E, PLAN_THREADS, 0, cx->stream>>>(pair_expert, expert, map->replica_start, map->replica, n,
+                                                              k, salt);
+        cudaCheckLaunch();
+    }
+    moe_plan_kernel<<<P, PLAN_THREADS, 0, cx->stream>>>(counts, row_slot, pair_slot, pair_expert, map->owner, n, k, S);
     cudaCheckLaunch();
     if (tally) {
-        tally_kernel<<<grid_for(E + P, 256), 256, 0, cx->stream>>>(tally, counts, E + P);
+        tally_kernel<<<grid_for(S + P, 256), 256, 0, cx->stream>>>(tally, counts, S + P);
         cudaCheckLaunch();
     }
 }
@@ -78,17 +112,17 @@ void cuda_moe_plan(backend *be, int32_t *counts, int32_t *row_slot, int32_t *pai
 // ---------------------------------------------------------------------------- pack
 // Headers: rows and pairs of each peer from the plan's counts.
 __global__ void moe_headers_kernel(char *send, const __grid_constant__ moe_layout at, const int32_t *counts,
-                                   const int32_t *owner, int E, int P, int d) {
+                                   const int32_t *owner, int S, int P, int d) {
     int r = blockIdx.x * blockDim.x + threadIdx.x;
     if (r >= P) return;
     int pairs = 0;
-    for (int e = 0; e < E; e++) pairs += owner[e] == r ? counts[e] : 0;
-    int4 h = make_int4(counts[E + r], pairs, d, 0);
+    for (int p = 0; p < S; p++) pairs += owner[p] == r ? counts[p] : 0;
+    int4 h = make_int4(counts[S + r], pairs, d, 0);
     *(int4 *)(send + at.msg[r]) = h;
 }
 
 // One block per pair: its (row, local expert) entry, and the token's row when the pair is the
-// first of its token on that rank.
+// first of its token on that rank. expert: the pairs' physical experts (the plan's).
 __global__ void moe_pack_kernel(char *send, const __grid_constant__ moe_layout at, const float *x, const int32_t *expert,
                                 const int32_t *row_slot, const int32_t *pair_slot, const int32_t *owner,
                                 const int32_t *local, int k, int d) {
@@ -115,8 +149,8 @@ void cuda_moe_pack(backend *be, void *send, const moe_layout *at, const float *x
                    const int32_t *row_slot, const int32_t *pair_slot, const int32_t *counts,
                    int n, int k, int d, const moe_map *map) {
     cuda_ctx *cx = cuda_of(be);
-    int E = map->n_experts, P = map->n_ranks;
-    moe_headers_kernel<<<grid_for(P, 128), 128, 0, cx->stream>>>((char *)send, *at, counts, map->owner, E, P, d);
+    int S = map->n_experts, P = map->n_ranks;
+    moe_headers_kernel<<<grid_for(P, 128), 128, 0, cx->stream>>>((char *)send, *at, counts, map->owner, S, P, d);
     cudaCheckLaunch();
     if (n <= 0) return;
     moe_pack_kernel<<<(unsigned)((int64_t)n * k), 128, 0, cx->stream>>>((char *)send, *at, x, expert, row_slot, pair_slot,

@@ -1262,7 +1262,7 @@ static struct MHD_Daemon *start_http(server *s, int *port) {
     struct MHD_Daemon *d = MHD_start_daemon(flags, (uint16_t)s->o.port, NULL, NULL, on_request, s,
                                             MHD_OPTION_SOCK_ADDR, ai->ai_addr,
                                             MHD_OPTION_CONNECTION_LIMIT, limit,
-                                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)600,
+                                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60,   // idle keep-alive connections close
                                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, NULL,
                                             MHD_OPTION_END);
     freeaddrinfo(ai);

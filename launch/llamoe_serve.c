@@ -375,6 +375,8 @@ static int message_text(json_object *content, size_t i, char **text, size_t *len
     return 0;
 }
 
+static int is_blank(char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; }
+
 // The Llama 3 chat template: each message as <|start_header_id|>ROLE<|end_header_id|>\n\n
 // CONTENT (trimmed)<|eot_id|>, then the assistant's header; BOS from the tokenizer.
 static int chat_prompt(server *s, json_object *body, request *r, api_error *e) {
@@ -406,8 +408,8 @@ static int chat_prompt(server *s, json_object *body, request *r, api_error *e) {
         }
         // trim, as the template does
         size_t a = 0, b = cl;
-        while (a < b && strchr(" \t\r\n", content[a])) a++;
-        while (b > a && strchr(" \t\r\n", content[b - 1])) b--;
+        while (a < b && is_blank(content[a])) a++;
+        while (b > a && is_blank(content[b - 1])) b--;
         size_t need = len + strlen(role) + (b - a) + 64;
         while (need > cap) cap *= 2;
         t = realloc(t, cap);
@@ -672,7 +674,6 @@ typedef struct {
     int queued;                  // counted in n_responding
     text_out text;
     int n_taken;                 // tokens of req already turned into text
-    int gone;                    // the client disconnected
     // streaming
     char *out;
     size_t out_len, out_cap, out_sent;
@@ -733,7 +734,6 @@ static int next_token(http_ctx *h, int32_t *id, int *last) {
                 r->cancel = 1;
                 pthread_cond_signal(&s->wake);
                 server_unlock(s);
-                h->gone = 1;
                 return -1;
             }
         }
@@ -877,10 +877,10 @@ static enum MHD_Result handle_generate(http_ctx *h, api_kind kind) {
     server_lock(s);
     int full = s->n_queued + s->n_running >= s->o.queue + s->slots_total;
     if (s->stopping || full) {
-        server_unlock(s);
         if (s->stopping) api_fail(&e, 503, NULL, "the server is shutting down");
         else api_fail(&e, 429, NULL, "the server is busy: %d requests running and %d waiting (--queue %d); retry later",
                       s->n_running, s->n_queued, s->o.queue);
+        server_unlock(s);
         request_release(r);
         return send_error(h->conn, s, &e, NULL);
     }

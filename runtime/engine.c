@@ -167,7 +167,7 @@ static size_t build_plan(engine *e, int *n_entries) {
     int32_t *w = e->body;
     size_t n = 0;
     w[n++] = e->n_events;
-    memcpy(w + n, e->events, e->n_event_words * sizeof *w);
+    if (e->n_event_words) memcpy(w + n, e->events, e->n_event_words * sizeof *w);
     n += e->n_event_words;
     e->n_events = 0;
     e->n_event_words = 0;

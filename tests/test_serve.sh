@@ -28,7 +28,7 @@ start_server() {
   timeout -k 5 240 mpirun --oversubscribe -np "$np" "$B/llamoe-serve" --port 0 "$@" >"$TMP/$name.out" 2>"$TMP/$name.err" &
   TP=$!
   SERVERS+=("$TP")
-  for _ in $(seq 300); do
+  for _ in $(seq 900); do   # 90 s: sanitizer builds load slowly
     grep -q "listening on" "$TMP/$name.out" && break
     kill -0 "$TP" 2>/dev/null || break
     sleep 0.1

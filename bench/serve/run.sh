@@ -19,7 +19,9 @@
 # /tmp/llamoe-serve-bench), THREADS (both servers, default 2), LEVELS (default "1 2 4 8 16 32
 # 64"), PROMPT_TOKENS (16), MAX_TOKENS (32), TIME_LIMIT (seconds per level and server, 60),
 # MOE (llamoe's --moe, default dense: the same work as llama.cpp's dense model; upcycle:8:2
-# adds routing and expert dispatch), QUICK=1 (levels 1 and 8, a smoke run).
+# adds routing and expert dispatch), RANKS (llamoe's ranks, default 1; each gets THREADS /
+# RANKS threads and 64 / RANKS KV slots, so the two servers use the same cores), QUICK=1
+# (levels 1 and 8, a smoke run).
 # Writes OUT/results.jsonl, OUT/results.csv, OUT/results.md and OUT/serve.png (gnuplot).
 set -euo pipefail
 SRC=$(cd "$(dirname "$0")/../.." && pwd)
@@ -36,6 +38,7 @@ PROMPT_TOKENS=${PROMPT_TOKENS:-16}
 MAX_TOKENS=${MAX_TOKENS:-32}
 TIME_LIMIT=${TIME_LIMIT:-60}
 MOE=${MOE:-dense}
+RANKS=${RANKS:-1}
 QUICK=${QUICK:-0}
 [ "$QUICK" = 1 ] && LEVELS="1 8"
 LLAMA_SERVER="$LLAMA_BUILD/bin/llama-server"
@@ -44,6 +47,7 @@ LLAMA_SERVER="$LLAMA_BUILD/bin/llama-server"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
 mkdir -p "$OUT" "$WORK"
 MAX_LEVEL=$(tr ' ' '\n' <<<"$LEVELS" | sort -n | tail -1)
+[ $((THREADS % RANKS)) = 0 ] || { echo "run.sh: THREADS $THREADS is not a multiple of RANKS $RANKS" >&2; exit 2; }
 CTX=$((PROMPT_TOKENS + MAX_TOKENS + 16))   # per sequence (slot), on both servers
 
 # ---------------------------------------------------------------------------- the weights
@@ -77,8 +81,8 @@ wait_health() {   # port, pid, log
 }
 
 LLAMOE_PORT=$(free_port)
-mpirun --oversubscribe -np 1 "$BUILD/llamoe-serve" -m "$MODEL" --moe "$MOE" --threads "$THREADS" \
-  --kv-slots "$MAX_LEVEL" --ctx "$CTX" --queue 256 --host 127.0.0.1 --port "$LLAMOE_PORT" >"$WORK/llamoe.log" 2>&1 &
+mpirun --oversubscribe -np "$RANKS" "$BUILD/llamoe-serve" -m "$MODEL" --moe "$MOE" --threads $((THREADS / RANKS)) \
+  --kv-slots $(((MAX_LEVEL + RANKS - 1) / RANKS)) --ctx "$CTX" --queue 256 --host 127.0.0.1 --port "$LLAMOE_PORT" >"$WORK/llamoe.log" 2>&1 &
 PIDS+=($!)
 wait_health "$LLAMOE_PORT" "${PIDS[-1]}" "$WORK/llamoe.log"
 LLAMA_PORT=$(free_port)
@@ -113,8 +117,7 @@ for p in "$LLAMOE_PORT" "$LLAMA_PORT"; do
 done
 i=0
 for c in $LEVELS; do
-  n=$((2 * c > 4 ? 2 * c : 4))
-  [ "$QUICK" = 1 ] && n=$c
+  n=$((c > 4 ? c : 4))   # one wave of c requests (at least 4), each level bounded by TIME_LIMIT too
   if [ $((i % 2)) = 0 ]; then
     run_level llamoe "$LLAMOE_PORT" "$c" "$n"; run_level llama.cpp "$LLAMA_PORT" "$c" "$n"
   else
@@ -125,9 +128,9 @@ done
 
 # ---------------------------------------------------------------------------- report
 MACHINE=$(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1)
-python3 - "$RAW" "$OUT" "$MACHINE" "$(nproc)" "$THREADS" "$MOE" "$PROMPT_TOKENS" "$MAX_TOKENS" <<'PY'
+python3 - "$RAW" "$OUT" "$MACHINE" "$(nproc)" "$THREADS" "$MOE" "$PROMPT_TOKENS" "$MAX_TOKENS" "$RANKS" <<'PY'
 import json, sys
-raw, out, machine, cores, threads, moe, pt, mt = sys.argv[1:9]
+raw, out, machine, cores, threads, moe, pt, mt, ranks = sys.argv[1:10]
 rows = [json.loads(l) for l in open(raw)]
 cols = ["label", "concurrency", "requests", "errors", "wall_s", "requests_per_s", "output_tokens_per_s",
         "ttft_p50_s", "ttft_p99_s", "itl_p50_s", "itl_p99_s", "load1_before", "load1_after"]
@@ -139,7 +142,7 @@ by = {(r["label"], r["concurrency"]): r for r in rows}
 levels = sorted({r["concurrency"] for r in rows})
 ms = lambda v: "-" if v is None else f"{v * 1000:.0f}"
 with open(out + "/results.md", "w") as f:
-    f.write(f"Machine: {machine}, {cores} cores; both servers {threads} threads; llamoe --moe {moe}, 1 rank; "
+    f.write(f"Machine: {machine}, {cores} cores; both servers {threads} threads; llamoe --moe {moe}, {ranks} rank(s); "
             f"prompts of {pt} tokens, {mt} generated tokens per request (greedy, ignore_eos).\n\n")
     f.write("| concurrency | server | req/s | output tok/s | TTFT p50 / p99 (ms) | ITL p50 / p99 (ms) | load (1 min) |\n")
     f.write("| ---: | --- | ---: | ---: | ---: | ---: | ---: |\n")
@@ -167,7 +170,7 @@ with open(out + "/plot.dat", "w") as f:
         f.write("\n\n")
 PY
 if command -v gnuplot >/dev/null; then
-  gnuplot -e "dat='$OUT/plot.dat'; out='$OUT/serve.png'; title='$MACHINE, $THREADS threads per server, llamoe --moe $MOE'" \
+  gnuplot -e "dat='$OUT/plot.dat'; out='$OUT/serve.png'; title='$MACHINE, $THREADS threads per server, llamoe --moe $MOE on $RANKS rank(s)'" \
     "$SRC/bench/serve/plot.gp"
 else
   echo "run.sh: gnuplot not found: no plot" >&2

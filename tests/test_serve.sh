@@ -60,8 +60,22 @@ client() {
 "${CLIENT[@]}" refs "$B/llamoe-ep" "$MODEL" "$TMP/refs.json" 2>"$TMP/refs.err" ||
   bad "llamoe-ep references: $(tail -3 "$TMP/refs.err")"
 
+# Bad command lines: one line naming the flag, non-zero exit.
+for args in "--port 99999" "--kv-slots 0" "--ctx 100000" "--host localhost" "--queue" "--served-model-name x --bogus"; do
+  read -r -a a <<<"$args"
+  if timeout 60 mpirun --oversubscribe -np 1 "$B/llamoe-serve" "${a[@]}" >/dev/null 2>"$TMP/err"; then bad "llamoe-serve $args: accepted"
+  elif grep -q "^llamoe: --" "$TMP/err"; then ok "llamoe-serve $args: $(grep -m1 '^llamoe: --' "$TMP/err")"
+  else bad "llamoe-serve $args: $(head -c 200 "$TMP/err")"; fi
+done
+
 # One rank: everything, then SIGTERM to rank 0 cuts a long stream after --drain 0.2 s.
 if start_server one 1 --kv-slots 4 --queue 4 --drain 0.2; then
+  if timeout 60 mpirun --oversubscribe -np 1 "$B/llamoe-serve" --port "$PORT" >/dev/null 2>"$TMP/err"; then
+    bad "a second server on port $PORT started"
+  else
+    grep -q "cannot listen there" "$TMP/err" && ok "port $PORT in use: $(grep -m1 'cannot listen' "$TMP/err")" ||
+      bad "port in use: $(head -c 200 "$TMP/err")"
+  fi
   client basics "$PORT"
   client errors "$PORT" 512
   client completion "$PORT"

@@ -8,7 +8,6 @@
 // model: they parse a request, queue it, and read its tokens back from it, all under one mutex;
 // only the engine loop talks to the other ranks. docs/serving.md describes the API.
 #define _GNU_SOURCE   // memmem, POLLRDHUP
-#include <arpa/inet.h>
 #include <errno.h>
 #include <json-c/json.h>
 #include <microhttpd.h>
@@ -165,7 +164,7 @@ typedef struct request {
 // ---------------------------------------------------------------------------- server state
 enum { N_STEP_BUCKETS = 12 };
 static const double step_bucket_s[N_STEP_BUCKETS] = {0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5};
-static const int http_codes[] = {200, 400, 404, 405, 413, 429, 500, 503};
+static const int http_codes[] = {200, 400, 404, 405, 413, 429, 503};
 enum { N_CODES = sizeof http_codes / sizeof http_codes[0] };
 
 typedef struct {
@@ -1025,7 +1024,6 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     const route *rt = NULL;
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++)
         if (!strcmp(url, routes[i].path)) rt = &routes[i];
-    int is_post = !strcmp(method, "POST");
     if (!h) {   // the headers: answer what needs no body at once
         h = xcalloc(1, sizeof *h);
         h->srv = s;
@@ -1034,6 +1032,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         api_error e;
         const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Length");
         unsigned long long length = cl ? strtoull(cl, NULL, 10) : 0;
+        // With a body, errors wait until it is read: answering first can reset the client.
+        int has_body = length > 0 || MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Transfer-Encoding");
         // A body over the limit is refused before it is read when the client waits for our go
         // (Expect: 100-continue) or when reading it would take too long; else read and dropped.
         const char *expect = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Expect");
@@ -1042,12 +1042,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             return send_error(conn, s, &e, NULL);
         }
         if (!rt) {
-            if (is_post) return MHD_YES;   // read the body first (answering now can reset the client)
+            if (has_body) return MHD_YES;
             api_fail(&e, 404, NULL, "%.200s: no such route", url);
             return send_error(conn, s, &e, NULL);
         }
         if (strcmp(method, rt->method)) {
-            if (is_post) return MHD_YES;
+            if (has_body) return MHD_YES;
             api_fail(&e, 405, NULL, "%s %.200s: method not allowed (use %s)", method, url, rt->method);
             return send_error(conn, s, &e, rt->method);
         }

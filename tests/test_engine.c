@@ -42,20 +42,15 @@ static int alone(const model *m, int i, int32_t *out) {
     return n;
 }
 
-static int run_mode(const char *dir, const char *mode_str, int kv_slots, int step_tokens) {
+// The engine with kv_slots per rank and a step budget of step_tokens against want[i][0..n_want[i]).
+static int run_engine(const model *m, const char *mode_str, int kv_slots, int step_tokens,
+                      int32_t want[N_SEQS][MAX_NEW], const int *n_want) {
     llamoe_err err;
-    moe_mode mode;
-    CHECK(moe_mode_parse(mode_str, &mode, &err) == 0);
-    mode.seed = 1234;
-    model m;
-    if (model_load(&m, dir, &mode, backend_cpu(), 0, 1, &err) != 0) die("%s", err.msg);
-    int32_t want[N_SEQS][MAX_NEW], got[N_SEQS][MAX_NEW];
-    int n_want[N_SEQS], n_got[N_SEQS] = {0}, done[N_SEQS] = {0};
-    for (int i = 0; i < N_SEQS; i++) n_want[i] = alone(&m, i, want[i]);
-
+    int32_t got[N_SEQS][MAX_NEW];
+    int n_got[N_SEQS] = {0}, done[N_SEQS] = {0};
     comm *c = comm_self();
     engine_options eo = {.kv_slots = kv_slots, .ctx = CTX, .step_tokens = step_tokens};
-    engine *e = engine_new(&m, c, &eo);
+    engine *e = engine_new(m, c, &eo);
     int seq_of[N_SEQS], who[64];
     for (int i = 0; i < N_SEQS; i++) seq_of[i] = -1;
     // A sequence that is cancelled after 4 tokens (a client gone): the others must not notice.
@@ -105,6 +100,21 @@ static int run_mode(const char *dir, const char *mode_str, int kv_slots, int ste
            (long long)es->prefill_tokens, (long long)es->decode_tokens, failures ? "differ from alone" : "each as alone");
     engine_free(e);
     c->free(c);
+    return failures;
+}
+
+static int run_mode(const char *dir, const char *mode_str) {
+    llamoe_err err;
+    moe_mode mode;
+    CHECK(moe_mode_parse(mode_str, &mode, &err) == 0);
+    mode.seed = 1234;
+    model m;
+    if (model_load(&m, dir, &mode, backend_cpu(), 0, 1, &err) != 0) die("%s", err.msg);
+    int32_t want[N_SEQS][MAX_NEW];
+    int n_want[N_SEQS];
+    for (int i = 0; i < N_SEQS; i++) n_want[i] = alone(&m, i, want[i]);
+    int failures = run_engine(&m, mode_str, 3, 4, want, n_want)      // waits for slots; prompts in chunks of 4
+                 + run_engine(&m, mode_str, 8, 256, want, n_want);   // everyone at once
     model_free(&m);
     return failures;
 }
@@ -114,10 +124,7 @@ int main(int argc, char **argv) {
     snprintf(dir, sizeof dir, "%s/models/stories260k", argc > 1 ? argv[1] : LLAMOE_SOURCE_DIR);
     int failures = 0;
     const char *modes[] = {"dense", "identity:8", "upcycle:8:2", "production:8:2"};
-    for (int i = 0; i < 4; i++) {
-        failures += run_mode(dir, modes[i], 3, 4);     // waits for slots; prompts in chunks of 4
-        failures += run_mode(dir, modes[i], 8, 256);   // everyone at once
-    }
+    for (int i = 0; i < 4; i++) failures += run_mode(dir, modes[i]);
     printf("test_engine: %s\n", failures ? "FAILED" : "passed");
     return failures ? 1 : 0;
 }

@@ -262,8 +262,7 @@ def check_completion(port):
         ok("streamed completion: the stream is valid UTF-8")
     except UnicodeDecodeError as e:
         bad(f"streamed completion: invalid UTF-8 in the stream: {e}")
-    # A hot sampler on byte-fallback tokens makes multi-byte characters split over tokens:
-    # every chunk must still be whole characters (json.loads of the raw bytes would fail).
+    # A hot sampler: a long, unlikely text; streamed and whole must still agree.
     s, events, done, raw = stream(port, "/v1/completions", {"prompt": "Once", "max_tokens": 120, "temperature": 2.0,
                                                             "seed": 5, "return_token_ids": True})
     s2, whole = post(port, "/v1/completions", {"prompt": "Once", "max_tokens": 120, "temperature": 2.0, "seed": 5})
@@ -409,6 +408,28 @@ def check_chat(port, refs_path):
           "chat: system and user turns, then the assistant header", str(ids))
 
 
+def check_utf8(port):
+    """A random model with the Llama 3 tokenizer samples all scripts; byte-level tokens often
+    end inside a character. Every chunk must be whole characters (the raw stream strict UTF-8)
+    and some must have held bytes back."""
+    req = {"prompt": "Hello", "max_tokens": 200, "temperature": 1.0, "seed": 5, "ignore_eos": True, "return_token_ids": True}
+    s, events, done, raw = stream(port, "/v1/completions", req)
+    s2, whole = post(port, "/v1/completions", req)
+    try:
+        raw.decode("utf-8")
+        valid = True
+    except UnicodeDecodeError:
+        valid = False
+    chunks = [e["choices"][0] for _, e in events]
+    text = "".join(c["text"] for c in chunks)
+    held = [c["token_ids"][0] for c in chunks if c["text"] == "" and c["token_ids"][0] < 128000]
+    multibyte = sum(ord(ch) > 127 for ch in text)
+    check(s == 200 and done and valid and s2 == 200 and text == whole["choices"][0]["text"],
+          f"multi-byte text ({multibyte} non-ASCII characters): the stream is valid UTF-8 and joins to the whole text")
+    check(len(held) > 0, f"multi-byte text: {len(held)} tokens ended inside a character and their chunks waited for the rest",
+          "no token split a character: the check proved nothing")
+
+
 def check_sigterm(port, pid, max_tokens, want_finish):
     """SIGTERM to rank 0 while a stream runs: the stream ends properly (finish_reason, [DONE])."""
     result = {}
@@ -457,6 +478,7 @@ def main():
         check_alive(port)
     elif what == "chat":
         check_chat(port, args[0])
+        check_utf8(port)
     elif what == "sigterm":
         check_sigterm(port, int(args[0]), int(args[1]), args[2])
     else:

@@ -101,11 +101,12 @@ if start_server three 3 --kv-slots 2 --queue 8; then
   else bad "3 ranks: SIGTERM: exit status $RC: $(tail -3 "$TMP/three.err")"; fi
 fi
 
-# Chat needs a Llama 3 tokenizer: a tiny model with the bundled one, on 2 ranks. SIGTERM to
+# Chat needs a Llama 3 tokenizer: a tiny random model with the bundled one, on 2 ranks (its
+# untied random LM head samples every script, so streamed text splits characters). SIGTERM to
 # mpirun: it ends the job itself, so only a proper end of the stream and no process left are
 # checked (Open MPI then exits non-zero whatever the ranks do).
 if "$B/llamoe-mkmodel" -o "$TMP/chat" --hidden 64 --ffn 128 --layers 2 --heads 4 --kv-heads 2 --vocab 128256 \
-     --max-pos 1024 --tie --dtype BF16 --tokenizer "$S/models/llama3-tokenizer/tokenizer.json" >/dev/null 2>"$TMP/mk.err" &&
+     --max-pos 1024 --dtype BF16 --tokenizer "$S/models/llama3-tokenizer/tokenizer.json" >/dev/null 2>"$TMP/mk.err" &&
    "${CLIENT[@]}" chat-refs "$B/llamoe-ep" "$TMP/chat" "$TMP/chat.json" 2>"$TMP/refs.err"; then
   if start_server chat 2 -m "$TMP/chat" --kv-slots 2; then
     client chat "$PORT" "$TMP/chat.json"

@@ -18,7 +18,7 @@ enum { PLAN_IDLE = 1, PLAN_SHUTDOWN = 2 };
 
 typedef struct {
     int used;
-    int n_prompt, n_fed, n_out;
+    int n_prompt, n_fed;
 } slot_plan;   // rank 0's view of one KV slot of one rank
 
 struct engine {
@@ -301,7 +301,6 @@ int engine_step(engine *e, const engine_token **tokens, int *n_tokens, llamoe_er
         int seq = entry[2 * k];
         engine_token *t = &e->out[n_out++];
         *t = (engine_token){.seq = seq, .token = (int32_t)e->gather[2 * k], .stop = (stop_reason)e->gather[2 * k + 1]};
-        e->slots[seq].n_out++;
         if (t->stop != STOP_NONE) forget(e, seq);
     }
     if (e->n_counters) memcpy(e->tokens_per_expert, e->gather + 2 * n_entries, (size_t)e->n_counters * sizeof(int64_t));

@@ -2,7 +2,7 @@
 """The client of tests/test_serve.sh (python3's standard library only).
 
     serve_client.py refs EP MODEL OUT          llamoe-ep's tokens for the cases below
-    serve_client.py chat-refs EP MODEL OUT     the same for the chat cases
+    serve_client.py chat-refs EP MODEL OUT     the same for the chat cases (--moe dense)
     serve_client.py CHECK PORT [ARGS]          one group of checks against a running llamoe-serve
 
 Each check prints "ok ..." or "FAIL ..."; the exit status is 1 when any failed. Every network
@@ -157,7 +157,7 @@ CHAT = [[{"role": "user", "content": "Hello! Who are you?"}],
 
 def make_chat_refs(ep, model, out_path):
     # llamoe-ep --chat wraps one user turn; the system-message case is checked for its prompt.
-    r = ep_run(ep, model, ["--chat", "-p", CHAT[0][0]["content"], "--temp", "0.7"])
+    r = ep_run(ep, model, ["--chat", "-p", CHAT[0][0]["content"], "--temp", "0.7", "--moe", "dense"])
     json.dump({"prompt_ids": r["prompt_ids"], "generated_ids": r["generated_ids"]}, open(out_path, "w"))
 
 
@@ -412,7 +412,7 @@ def check_utf8(port):
     """A random model with the Llama 3 tokenizer samples all scripts; byte-level tokens often
     end inside a character. Every chunk must be whole characters (the raw stream strict UTF-8)
     and some must have held bytes back."""
-    req = {"prompt": "Hello", "max_tokens": 200, "temperature": 1.0, "seed": 5, "ignore_eos": True, "return_token_ids": True}
+    req = {"prompt": "Hello", "max_tokens": 80, "temperature": 1.0, "seed": 5, "ignore_eos": True, "return_token_ids": True}
     s, events, done, raw = stream(port, "/v1/completions", req)
     s2, whole = post(port, "/v1/completions", req)
     try:

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${BUILD_DIR:-build}
 
-pkgs="build-essential cmake pkg-config libopenmpi-dev openmpi-bin libjson-c-dev libpcre2-dev libhwloc-dev python3 gnuplot-nox procps"
+pkgs="build-essential cmake pkg-config libopenmpi-dev openmpi-bin libjson-c-dev libpcre2-dev libhwloc-dev libmicrohttpd-dev python3 gnuplot-nox procps"
 missing=""
 for p in $pkgs; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

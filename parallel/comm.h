@@ -37,6 +37,10 @@ struct comm {
     int (*allreduce_sum_i64)(comm *c, int64_t *vals, int n);    // in place
     int (*allreduce_max_f64)(comm *c, double *vals, int n);     // in place (timings, peak memory)
     int (*bcast)(comm *c, void *buf, size_t bytes, int root);
+    // bcast for a wait that may last minutes (an idle server's ranks waiting for the next
+    // step): a waiting rank sleeps between polls instead of spinning a core. Every rank of one
+    // broadcast calls the same one of the two. May be NULL (then callers use bcast).
+    int (*bcast_idle)(comm *c, void *buf, size_t bytes, int root);
     int (*barrier)(comm *c);
     // Ends every rank of the job with this exit code, from any one rank; never returns.
     void (*abort)(comm *c, int code);

@@ -39,6 +39,7 @@ comm *comm_self(void) {
     c->allreduce_sum_i64 = self_allreduce_sum_i64;
     c->allreduce_max_f64 = self_allreduce_max_f64;
     c->bcast = self_bcast;
+    c->bcast_idle = self_bcast;
     c->barrier = self_barrier;
     c->abort = self_abort;
     c->free = self_free;

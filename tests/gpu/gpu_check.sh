@@ -10,6 +10,8 @@
 #   copies         the MoE layer's copies to the host: one per layer (counts plan), none (fixed)
 #   expected_ep    llamoe-ep --backend cuda: dense / identity:8 / upcycle:8:2 vs expected.json
 #   ranks          1 vs 3 ranks on the one GPU over MPI (device buffers staged): bitwise logits
+#   balance        3 ranks with redundant expert copies, rebalanced every 2 steps (the moved
+#                  weights checked), against 1 rank contiguous: bitwise logits
 #   nccl_ep        llamoe-ep --transport nccl, one rank, vs expected.json
 #   nccl_ranks     1 vs 3 ranks on the one GPU over NCCL, where the NCCL loaded allows several
 #                  ranks per GPU (2.30 and later, NCCL_MULTI_RANK_GPU_ENABLE=1); else skipped
@@ -142,6 +144,11 @@ ranks_fn() {
   $PY "$SRC/tests/gpu/gpu_check_tools.py" ranks --ep "$BUILD/llamoe-ep" --src "$SRC" --work "$WORK" --mpirun "$MPIRUN" --np 3 --backend "$BACKEND" \
     --transport mpi --modes upcycle:8:2,identity:8,production:8:2 -n 24 --json "$WORK/ranks.json"
 }
+balance_fn() {
+  $PY "$SRC/tests/gpu/gpu_check_tools.py" ranks --ep "$BUILD/llamoe-ep" --src "$SRC" --work "$WORK" --mpirun "$MPIRUN" --np 3 \
+    --backend "$BACKEND" --transport mpi --modes production:8:2,upcycle:8:2 -n 24 \
+    --extra-n "--placement balanced --redundant-experts 3 --rebalance 2 --rebalance-check" --json "$WORK/balance.json"
+}
 nccl_ep_fn() {
   needs_gpu
   $PY "$SRC/tests/gpu/gpu_check_tools.py" expected --ep "$BUILD/llamoe-ep" --src "$SRC" --launcher "$MPIRUN -np 1" \
@@ -193,7 +200,7 @@ gemm_fn() { needs_gpu; "$BUILD/bench_grouped_gemm" --json "$WORK/grouped_gemm.js
 scaling_fn() {
   $PY "$SRC/bench/scaling.py" --quick --build "$BUILD" --out "$WORK/scaling" --backend "$BACKEND" --docs none
 }
-export -f ops_fn expected_cuda_fn copies_fn expected_ep_fn ranks_fn nccl_ep_fn nccl_ranks_fn perf8b_fn hf_fn backends_fn \
+export -f ops_fn expected_cuda_fn copies_fn expected_ep_fn ranks_fn balance_fn nccl_ep_fn nccl_ranks_fn perf8b_fn hf_fn backends_fn \
           comm_fn gemm_fn scaling_fn
 
 main() {
@@ -268,6 +275,7 @@ main() {
     step copies 60 copies_fn
     step expected_ep 90 expected_ep_fn
     step ranks 90 ranks_fn
+    step balance 60 balance_fn
     step nccl_ep 60 nccl_ep_fn
     step nccl_ranks 90 nccl_ranks_fn
     step perf8b 240 perf8b_fn
@@ -278,7 +286,7 @@ main() {
     step scaling 60 scaling_fn
   else
     echo "=== the build produced no programs: the steps are skipped"
-    for s in ops expected_cuda copies expected_ep ranks nccl_ep nccl_ranks perf8b hf backends comm grouped_gemm scaling; do
+    for s in ops expected_cuda copies expected_ep ranks balance nccl_ep nccl_ranks perf8b hf backends comm grouped_gemm scaling; do
       record "$s" skipped 0 0 "no build"
     done
   fi

@@ -177,7 +177,7 @@ def cmd_backends(a):
 # ---------------------------------------------------------------------------- ranks
 def cmd_ranks(a):
     model = a.model or os.path.join(a.src, "models/stories260k")
-    out = {"model": model, "backend": a.backend, "transport": a.transport, "ranks": a.np, "runs": []}
+    out = {"model": model, "backend": a.backend, "transport": a.transport, "ranks": a.np, "extra_n": a.extra_n, "runs": []}
     ok = True
     for mode in a.modes.split(","):
         r = {"mode": mode}
@@ -185,8 +185,9 @@ def cmd_ranks(a):
             res = {}
             for np_ in (1, a.np):
                 dump = os.path.join(a.work, f"ranks{np_}_{a.transport}_{mode.replace(':', '_')}.f32")
+                extra = shlex.split(a.extra_n) if np_ != 1 else []
                 j, dt = ep([a.ep, "-m", model, "--moe", mode, "--backend", a.backend, "--transport", a.transport,
-                            "--ids", ids_str(LONG_PROMPT[:24]), "-n", str(a.n), "--dump-logits", dump],
+                            "--ids", ids_str(LONG_PROMPT[:24]), "-n", str(a.n), "--dump-logits", dump] + extra,
                            f"{a.mpirun} -np {np_}")
                 res[np_] = (j["generated_ids"], open(dump, "rb").read(), read_f32(dump), dt)
             r["ids_equal"] = res[1][0] == res[a.np][0]
@@ -327,6 +328,7 @@ def main():
         p.add_argument("--prefill", type=int, default=2048)
         p.add_argument("--timeout", type=int, default=300)
         p.add_argument("--modes", default="dense,identity:8,upcycle:8:2")
+        p.add_argument("--extra-n", default="", help="ranks: arguments of the run on --np ranks only")
     p = sub.add_parser("env")
     p.add_argument("--json", required=True)
     p = sub.add_parser("ops")

@@ -3,11 +3,13 @@
 // Fixed columns like nccl-tests; GFLOP/s and GB/s come from the best time; `wrong` counts output elements that differ from the
 // 1-thread run (the kernels are deterministic, so it must be 0).
 //   bench_ops [--full] [--threads 1,2] [--json FILE]
+//   bench_ops --read-bandwidth [--threads 2] [--json FILE]   plain read of 2 GiB (rows = MiB)
 // The default set stays under a minute on 2 cores; --full adds prefill n = 512 on the
 // 14336-wide shapes and F32 prefill.
 #include "kernels/backend.h"
 
 #include <math.h>
+#include <omp.h>
 #include <string.h>
 
 static uint64_t rng = 1;
@@ -146,6 +148,59 @@ static void bench_attention(int ctx, int n, const int *threads, int n_threads) {
     free(k); free(v); free(q); free(out); free(first);
 }
 
+// ---------------------------------------------------------------------------- read bandwidth
+// The bound a decode step is held to: a plain read of a buffer far larger than the caches
+// (2 GiB), each thread summing its contiguous share with 8 independent accumulators.
+static double read_sum(const float *p, size_t n, int threads) {
+    double total = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : total)
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        size_t lo = n / nt * t, hi = t + 1 == nt ? n : n / nt * (t + 1);
+        typedef float v16 __attribute__((vector_size(64)));
+        v16 acc[8] = {{0}};
+        size_t i = lo;
+        for (; i + 128 <= hi; i += 128)
+            for (int k = 0; k < 8; k++) {
+                v16 v;
+                memcpy(&v, p + i + 16 * k, sizeof v);
+                acc[k] += v;
+            }
+        float s = 0;
+        for (int k = 0; k < 8; k++)
+            for (int l = 0; l < 16; l++) s += acc[k][l];
+        for (; i < hi; i++) s += p[i];
+        total += s;
+    }
+    return total;
+}
+
+static void bench_read_bandwidth(size_t bytes, const int *threads, int n_threads) {
+    size_t n = bytes / sizeof(float);
+    float *p = xmalloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) p[i] = (float)(i & 1023);   // touch every page
+    for (int j = 0; j < n_threads; j++) {
+        double best = 1e30, sum = 0, t0 = now_seconds();
+        int k = 0;
+        for (; k < 3 || (k < 20 && now_seconds() - t0 < 2.0); k++) {
+            double t1 = now_seconds();
+            sum += read_sum(p, n, threads[j]);
+            double t = now_seconds() - t1;
+            best = t < best ? t : best;
+        }
+        result r = {.rows = (int64_t)(bytes >> 20), .cols = 1, .n = 1, .threads = threads[j], .iters = k};
+        snprintf(r.op, sizeof r.op, "read");
+        snprintf(r.dtype, sizeof r.dtype, "F32");
+        r.ms = best * 1e3;
+        r.mean_ms = (now_seconds() - t0) / k * 1e3;
+        r.gbps = (double)bytes / best * 1e-9;
+        r.wrong = sum == sum ? 0 : 1;   // (keeps the sums alive)
+        print_result(&r);
+        results[n_results++] = r;
+    }
+    free(p);
+}
+
 // ---------------------------------------------------------------------------- main
 static void write_json(const char *path) {
     out_file of;   // written whole or not at all (runtime/common.h)
@@ -178,16 +233,22 @@ static void write_json(const char *path) {
 
 int main(int argc, char **argv) {
     const char *json = NULL;
-    int full = 0, threads[8] = {1, 2}, n_threads = 2;
+    int full = 0, read_bw = 0, threads[8] = {1, 2}, n_threads = 2;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
         else if (!strcmp(argv[i], "--full")) full = 1;
+        else if (!strcmp(argv[i], "--read-bandwidth")) read_bw = 1;
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc) {
             n_threads = 0;
             for (char *s = argv[++i]; *s && n_threads < 8; s += *s == ',') threads[n_threads++] = (int)strtol(s, &s, 10);
-        } else die("usage: bench_ops [--full] [--threads 1,2] [--json FILE]");
+        } else die("usage: bench_ops [--full | --read-bandwidth] [--threads 1,2] [--json FILE]");
     }
     print_header();
+    if (read_bw) {
+        bench_read_bandwidth((size_t)2 << 30, threads, n_threads);
+        if (json) write_json(json);
+        return 0;
+    }
     const int64_t shapes[3][2] = {{4096, 4096}, {14336, 4096}, {4096, 14336}};
     const int decode[] = {1}, prefill[] = {1, 64, 512}, prefill_short[] = {1, 64};
     for (int s = 0; s < 3; s++) {

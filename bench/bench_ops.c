@@ -4,6 +4,7 @@
 // 1-thread run (the kernels are deterministic, so it must be 0).
 //   bench_ops [--full] [--threads 1,2] [--json FILE]
 //   bench_ops --read-bandwidth [--threads 2] [--json FILE]   plain read of 2 GiB (rows = MiB)
+//   bench_ops --only matmul|attention                         one part of the default set
 // The default set stays under a minute on 2 cores; --full adds prefill n = 512 on the
 // 14336-wide shapes and F32 prefill.
 #include "kernels/backend.h"
@@ -234,14 +235,16 @@ static void write_json(const char *path) {
 int main(int argc, char **argv) {
     const char *json = NULL;
     int full = 0, read_bw = 0, threads[8] = {1, 2}, n_threads = 2;
+    const char *only = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
         else if (!strcmp(argv[i], "--full")) full = 1;
         else if (!strcmp(argv[i], "--read-bandwidth")) read_bw = 1;
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc) {
             n_threads = 0;
             for (char *s = argv[++i]; *s && n_threads < 8; s += *s == ',') threads[n_threads++] = (int)strtol(s, &s, 10);
-        } else die("usage: bench_ops [--full | --read-bandwidth] [--threads 1,2] [--json FILE]");
+        } else die("usage: bench_ops [--full | --read-bandwidth] [--only matmul|attention] [--threads 1,2] [--json FILE]");
     }
     print_header();
     if (read_bw) {
@@ -251,7 +254,7 @@ int main(int argc, char **argv) {
     }
     const int64_t shapes[3][2] = {{4096, 4096}, {14336, 4096}, {4096, 14336}};
     const int decode[] = {1}, prefill[] = {1, 64, 512}, prefill_short[] = {1, 64};
-    for (int s = 0; s < 3; s++) {
+    for (int s = 0; s < 3 && !(only && strcmp(only, "matmul")); s++) {
         // BF16 (the checkpoint dtype): decode and prefill; F32: decode (bandwidth) unless --full
         if (full || s == 0) bench_matmul(shapes[s][0], shapes[s][1], DT_BF16, prefill, 3, threads, n_threads);
         else bench_matmul(shapes[s][0], shapes[s][1], DT_BF16, prefill_short, 2, threads, n_threads);
@@ -259,7 +262,7 @@ int main(int argc, char **argv) {
         else bench_matmul(shapes[s][0], shapes[s][1], DT_F32, decode, 1, threads, n_threads);
     }
     const int ctxs[] = {128, 1024, 4096};
-    for (int c = 0; c < 3; c++) bench_attention(ctxs[c], 1, threads, n_threads);
+    for (int c = 0; c < 3 && !(only && strcmp(only, "attention")); c++) bench_attention(ctxs[c], 1, threads, n_threads);
     if (json) write_json(json);
     return 0;
 }

@@ -5,6 +5,7 @@
 //   bench_ops [--full] [--threads 1,2] [--json FILE]
 //   bench_ops --read-bandwidth [--threads 2] [--json FILE]   plain read of 2 GiB (rows = MiB)
 //   bench_ops --only matmul|attention                         one part of the default set
+//   bench_ops --peak          fp32 fma vs AVX512-BF16 vdpbf16ps throughput on one core
 // The default set stays under a minute on 2 cores; --full adds prefill n = 512 on the
 // 14336-wide shapes and F32 prefill.
 #include "kernels/backend.h"
@@ -202,6 +203,85 @@ static void bench_read_bandwidth(size_t bytes, const int *threads, int n_threads
     free(p);
 }
 
+// ---------------------------------------------------------------------------- peak
+// Instruction throughput of the two ways to run a dot product on this core, in registers
+// (24 independent accumulators): fp32 fma (32 flop per 16-lane instruction) and, where the
+// CPU has AVX512-BF16, vdpbf16ps (64 flop: 32 bf16 pairs into 16 fp32 lanes). Timed in the
+// thread's CPU time, so that other jobs on the core do not count. Tells whether a bf16
+// compute path could beat fp32 on this CPU.
+#include <time.h>
+#define PEAK_ACC 24
+static double thread_seconds(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+typedef float v16f __attribute__((vector_size(64)));
+__attribute__((noinline)) static float peak_fma(long iters) {
+    v16f acc[PEAK_ACC], a = {0}, b = {0};
+    a += 1.0f; b += 0.5f;
+    for (int i = 0; i < PEAK_ACC; i++) acc[i] = a * (float)i;   // distinct, so none is merged
+    for (long it = 0; it < iters; it++) {
+#pragma GCC unroll 24
+        for (int i = 0; i < PEAK_ACC; i++) acc[i] += a * b;
+        __asm__ volatile("" : "+v"(a));
+    }
+    float s = 0;
+    for (int i = 0; i < PEAK_ACC; i++) s += acc[i][0];
+    return s;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
+__attribute__((noinline, target("avx512f,avx512bf16"))) static float peak_dpbf16(long iters) {
+    __m512 acc[PEAK_ACC];
+    for (int i = 0; i < PEAK_ACC; i++) acc[i] = _mm512_set1_ps((float)i);
+    __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80), b = (__m512bh)_mm512_set1_epi16(0x3f00);
+    for (long it = 0; it < iters; it++) {
+#pragma GCC unroll 24
+        for (int i = 0; i < PEAK_ACC; i++) acc[i] = _mm512_dpbf16_ps(acc[i], a, b);
+        __asm__ volatile("" : "+v"(a));
+    }
+    float s = 0;
+    for (int i = 0; i < PEAK_ACC; i++) s += _mm512_reduce_add_ps(acc[i]);
+    return s;
+}
+static int have_dpbf16(void) { return __builtin_cpu_supports("avx512bf16"); }
+#else
+static float peak_dpbf16(long iters) { return (float)iters; }
+static int have_dpbf16(void) { return 0; }
+#endif
+
+static void bench_peak(void) {
+    const long iters = 4000000;
+    struct { const char *name; float (*fn)(long); double flop; int ok; } kinds[] = {
+        {"fma-fp32", peak_fma, 32, 1}, {"dpbf16", peak_dpbf16, 64, have_dpbf16()}};
+    for (int k = 0; k < 2; k++) {
+        if (!kinds[k].ok) {
+            printf("%-9s (this CPU lacks AVX512-BF16)\n", kinds[k].name);
+            continue;
+        }
+        double best = 1e30;
+        float sink = 0;
+        for (int r = 0; r < 7; r++) {
+            double t0 = thread_seconds();
+            sink += kinds[k].fn(iters);
+            double t = thread_seconds() - t0;
+            best = t < best ? t : best;
+        }
+        result r = {.rows = PEAK_ACC, .cols = 16, .n = iters, .threads = 1, .iters = 7};
+        snprintf(r.op, sizeof r.op, "%s", kinds[k].name);
+        snprintf(r.dtype, sizeof r.dtype, k ? "BF16" : "F32");
+        r.ms = best * 1e3;
+        r.mean_ms = best * 1e3;
+        r.gflops = kinds[k].flop * PEAK_ACC * (double)iters / best * 1e-9;
+        r.wrong = sink == sink ? 0 : 1;
+        print_result(&r);
+        results[n_results++] = r;
+    }
+}
+
 // ---------------------------------------------------------------------------- main
 static void write_json(const char *path) {
     out_file of;   // written whole or not at all (runtime/common.h)
@@ -234,21 +314,23 @@ static void write_json(const char *path) {
 
 int main(int argc, char **argv) {
     const char *json = NULL;
-    int full = 0, read_bw = 0, threads[8] = {1, 2}, n_threads = 2;
+    int full = 0, read_bw = 0, peak = 0, threads[8] = {1, 2}, n_threads = 2;
     const char *only = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
         else if (!strcmp(argv[i], "--full")) full = 1;
         else if (!strcmp(argv[i], "--read-bandwidth")) read_bw = 1;
+        else if (!strcmp(argv[i], "--peak")) peak = 1;
         else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc) {
             n_threads = 0;
             for (char *s = argv[++i]; *s && n_threads < 8; s += *s == ',') threads[n_threads++] = (int)strtol(s, &s, 10);
-        } else die("usage: bench_ops [--full | --read-bandwidth] [--only matmul|attention] [--threads 1,2] [--json FILE]");
+        } else die("usage: bench_ops [--full | --read-bandwidth | --peak] [--only matmul|attention] [--threads 1,2] [--json FILE]");
     }
     print_header();
-    if (read_bw) {
-        bench_read_bandwidth((size_t)2 << 30, threads, n_threads);
+    if (read_bw || peak) {
+        if (read_bw) bench_read_bandwidth((size_t)2 << 30, threads, n_threads);
+        if (peak) bench_peak();
         if (json) write_json(json);
         return 0;
     }

@@ -118,7 +118,7 @@ static void matmul_decode(float *out, const float *x, const weight_t *w, int64_t
 #define PF_RB 5
 #define PF_KB 512                   // columns per block
 #define PF_TT 40                    // tokens per tile
-#define PF_ROWS 40                  // rows per pass (a multiple of PF_RB)
+#define PF_ROWS CPU_MATMUL_ROWS_MANY // rows per pass (a multiple of PF_RB)
 #define PF_GROUPS (PF_TT / PF_TB)
 #define PF_STRIPS (PF_ROWS / PF_RB)
 
@@ -166,16 +166,18 @@ typedef void (*tile_fn)(v16 *, const float *, const float *, int64_t);
 TILE_FN(1) TILE_FN(2) TILE_FN(3) TILE_FN(4) TILE_FN(5)
 static const tile_fn tiles[PF_TB + 1] = {NULL, tile_1, tile_2, tile_3, tile_4, tile_5};
 
+// The thread's scratch: the widened rows (320 KB), the (group, strip) tiles' accumulators
+// (410 KB) and a group's x block (10 KB).
+_Static_assert((PF_ROWS * PF_KB + PF_TB * PF_KB) * sizeof(float) + PF_GROUPS * PF_STRIPS * PF_TB * PF_RB * sizeof(v16)
+               <= CPU_MATMUL_SCRATCH, "matmul scratch too small");
+
 static void matmul_prefill(float *out, int64_t ldo, const float *x, int64_t ldx, int64_t n,
-                           const weight_t *w, int64_t r0, int64_t r1) {
+                           const weight_t *w, int64_t r0, int64_t r1, void *scratch) {
     const char *wd = w->data;
     size_t wstride = (size_t)w->ld * dtype_size(w->dtype);
     int64_t cols = w->cols;
-    // On the stack (190 KB): the widened rows (80 KB), a group's x block and the (group,
-    // strip) tiles' accumulators (100 KB).
-    float wb[PF_ROWS * PF_KB] __attribute__((aligned(64)));
-    float xb[PF_TB * PF_KB] __attribute__((aligned(64)));
-    v16 acc[PF_GROUPS * PF_STRIPS * PF_TB * PF_RB];
+    v16 *acc = scratch;
+    float *wb = (float *)(acc + PF_GROUPS * PF_STRIPS * PF_TB * PF_RB), *xb = wb + PF_ROWS * PF_KB;
     for (int64_t t0 = 0; t0 < n; t0 += PF_TT) {
         int64_t t1 = t0 + PF_TT < n ? t0 + PF_TT : n;
         for (int64_t rp = r0; rp < r1; rp += PF_ROWS) {
@@ -197,7 +199,15 @@ static void matmul_prefill(float *out, int64_t ldo, const float *x, int64_t ldx,
                         for (; c + LANES <= len; c += LANES) v16_store(xb + i * PF_KB + c, v16_load(xr + c));
                         if (c < len) v16_store(xb + i * PF_KB + c, v16_load_tail(xr, c, len - c));
                     }
+                    // The next group's x block (the next column block's first group after
+                    // the last) is fetched into L1 a few lines per tile while these compute.
+                    int64_t tn = t + PF_TB < t1 ? t + PF_TB : t0, cn = t + PF_TB < t1 ? c0 : c0 + len;
+                    int64_t nn = t + PF_TB < t1 ? (t1 - tn < PF_TB ? t1 - tn : PF_TB) : (t1 - t0 < PF_TB ? t1 - t0 : PF_TB);
+                    int64_t nlen = cn < cols ? (cols - cn < PF_KB ? cols - cn : PF_KB) : 0;
+                    int64_t lines = (nlen * (int64_t)sizeof(float) + 63) / 64, total = nn * lines, done = 0;
                     for (int s = 0; s < nstrips; s++) {
+                        for (int64_t end = total * (s + 1) / nstrips; done < end; done++)
+                            __builtin_prefetch(x + (size_t)(tn + done / lines) * (size_t)ldx + cn + done % lines * 16, 0, 3);
                         v16 *a = acc + (g * PF_STRIPS + s) * (PF_TB * PF_RB);
                         if (c0 == 0)
                             for (int k = 0; k < nt * PF_RB; k++) a[k] = (v16){0};
@@ -216,22 +226,23 @@ static void matmul_prefill(float *out, int64_t ldo, const float *x, int64_t ldx,
 
 // ---------------------------------------------------------------------------- row ranges
 void cpu_matmul_rows(float *out, int64_t ldo, const float *x, int64_t ldx, int64_t n,
-                     const weight_t *w, int64_t r0, int64_t r1) {
+                     const weight_t *w, int64_t r0, int64_t r1, void *scratch) {
     if (n == 1) matmul_decode(out, x, w, r0, r1);
-    else matmul_prefill(out, ldo, x, ldx, n, w, r0, r1);
+    else matmul_prefill(out, ldo, x, ldx, n, w, r0, r1, scratch);
 }
 
 // ---------------------------------------------------------------------------- the op
-// Rows are split in chunks of ROW_CHUNK handed out dynamically (the 2-core containers are
-// shared, so a static split waits on the slowest core); the split cannot change results.
-#define ROW_CHUNK 40   // a multiple of both tile heights (8 and 5)
-
+// Rows are split in chunks handed out dynamically (the 2-core containers are shared, so a
+// static split waits on the slowest core); the split cannot change results.
 void cpu_matmul(float *out, const float *x, const weight_t *w, int n) {
     if (n <= 0 || w->rows <= 0) return;
-    int64_t rows = w->rows, chunks = (rows + ROW_CHUNK - 1) / ROW_CHUNK;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(cpu_threads()) if (chunks > 1)
+    int threads = cpu_threads();
+    int64_t rows = w->rows, chunk = n == 1 ? CPU_MATMUL_ROWS : CPU_MATMUL_ROWS_MANY, chunks = (rows + chunk - 1) / chunk;
+    char *scratch = n == 1 ? NULL : cpu_thread_scratch(CPU_SCRATCH_MATMUL, threads, CPU_MATMUL_SCRATCH);
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (chunks > 1)
     for (int64_t ch = 0; ch < chunks; ch++) {
-        int64_t r0 = ch * ROW_CHUNK, r1 = r0 + ROW_CHUNK < rows ? r0 + ROW_CHUNK : rows;
-        cpu_matmul_rows(out + r0, rows, x, w->cols, n, w, r0, r1);
+        int64_t r0 = ch * chunk, r1 = r0 + chunk < rows ? r0 + chunk : rows;
+        void *mine = scratch ? scratch + (size_t)omp_get_thread_num() * cpu_thread_stride(CPU_MATMUL_SCRATCH) : NULL;
+        cpu_matmul_rows(out + r0, rows, x, w->cols, n, w, r0, r1, mine);
     }
 }

@@ -166,6 +166,25 @@ typedef void (*tile_fn)(v16 *, const float *, const float *, int64_t);
 TILE_FN(1) TILE_FN(2) TILE_FN(3) TILE_FN(4) TILE_FN(5)
 static const tile_fn tiles[PF_TB + 1] = {NULL, tile_1, tile_2, tile_3, tile_4, tile_5};
 
+// The cache lines of a block of rows (rows_left rows of `lines` lines, `stride` bytes apart),
+// visited a few at a time between tiles: prefetched while the tiles compute, never so many
+// at once that they wait for free fill buffers.
+typedef struct { const char *row; size_t stride; int64_t lines, line, rows_left; } line_walk;
+
+static inline line_walk line_walk_of(const void *first, size_t stride, int64_t rows, int64_t bytes) {
+    return (line_walk){first, stride, (bytes + 63) / 64, 0, bytes > 0 ? rows : 0};
+}
+// k more lines into L1 (near: x, read by the next tiles) or into L2 (far: W's next block)
+#define LINE_WALK_STEP(NAME, LOCALITY)                                              \
+    static inline void NAME(line_walk *w, int64_t k) {                              \
+        for (; k > 0 && w->rows_left > 0; k--) {                                    \
+            __builtin_prefetch(w->row + w->line * 64, 0, LOCALITY);                 \
+            if (++w->line == w->lines) { w->line = 0; w->row += w->stride; w->rows_left--; } \
+        }                                                                           \
+    }
+LINE_WALK_STEP(prefetch_near, 3)
+LINE_WALK_STEP(prefetch_far, 2)
+
 // The thread's scratch: the widened rows (320 KB), the (group, strip) tiles' accumulators
 // (410 KB) and a group's x block (10 KB).
 _Static_assert((PF_ROWS * PF_KB + PF_TB * PF_KB) * sizeof(float) + PF_GROUPS * PF_STRIPS * PF_TB * PF_RB * sizeof(v16)
@@ -191,6 +210,12 @@ static void matmul_prefill(float *out, int64_t ldo, const float *x, int64_t ldx,
                 int64_t len = cols - c0 < PF_KB ? cols - c0 : PF_KB, steps = (len + LANES - 1) / LANES;
                 int last = c0 + len == cols;
                 widen_rows(wb, wr, nstrips * PF_RB, w->dtype, c0, len);
+                // W's next column block goes to L2 while this block's tiles run.
+                int64_t next_len = cols - c0 - len < PF_KB ? cols - c0 - len : PF_KB;
+                size_t es = dtype_size(w->dtype);
+                line_walk wnext = line_walk_of((const char *)wr[0] + (size_t)(c0 + len) * es, wstride, nrows, next_len * (int64_t)es);
+                int64_t ntiles = (t1 - t0 + PF_TB - 1) / PF_TB * nstrips;
+                int64_t wper = (wnext.rows_left * wnext.lines + ntiles - 1) / ntiles;
                 for (int64_t t = t0, g = 0; t < t1; t += PF_TB, g++) {
                     int nt = t1 - t < PF_TB ? (int)(t1 - t) : PF_TB;
                     for (int i = 0; i < nt; i++) {
@@ -204,10 +229,11 @@ static void matmul_prefill(float *out, int64_t ldo, const float *x, int64_t ldx,
                     int64_t tn = t + PF_TB < t1 ? t + PF_TB : t0, cn = t + PF_TB < t1 ? c0 : c0 + len;
                     int64_t nn = t + PF_TB < t1 ? (t1 - tn < PF_TB ? t1 - tn : PF_TB) : (t1 - t0 < PF_TB ? t1 - t0 : PF_TB);
                     int64_t nlen = cn < cols ? (cols - cn < PF_KB ? cols - cn : PF_KB) : 0;
-                    int64_t lines = (nlen * (int64_t)sizeof(float) + 63) / 64, total = nn * lines, done = 0;
+                    line_walk xnext = line_walk_of(x + (size_t)tn * (size_t)ldx + cn, (size_t)ldx * sizeof(float), nn, nlen * (int64_t)sizeof(float));
+                    int64_t xper = (xnext.rows_left * xnext.lines + nstrips - 1) / nstrips;
                     for (int s = 0; s < nstrips; s++) {
-                        for (int64_t end = total * (s + 1) / nstrips; done < end; done++)
-                            __builtin_prefetch(x + (size_t)(tn + done / lines) * (size_t)ldx + cn + done % lines * 16, 0, 3);
+                        prefetch_near(&xnext, xper);
+                        prefetch_far(&wnext, wper);
                         v16 *a = acc + (g * PF_STRIPS + s) * (PF_TB * PF_RB);
                         if (c0 == 0)
                             for (int k = 0; k < nt * PF_RB; k++) a[k] = (v16){0};

@@ -22,10 +22,13 @@ inside the llama-cpp-python sdist on PyPI:
   cmake --build llama.cpp/build -j2 --target llama-bench
   bench/peers/compare.py --llama-cpp llama.cpp/build --model M8B2 --moe-model M8B2-MOE --out DIR
 
+On a machine shared with other jobs add --clock cpu: every figure then comes from CPU time
+(the difference of two runs of each tool that differ only in the work measured).
+
 The converter needs the Python packages of llama.cpp's requirements (gguf from the same
 tree is put on PYTHONPATH; numpy, torch, safetensors, transformers, sentencepiece).
 """
-import argparse, csv, json, os, random, shutil, statistics, subprocess, sys, time
+import argparse, csv, json, os, random, resource, shutil, statistics, subprocess, sys, time
 
 
 def run(cmd, env=None):
@@ -33,6 +36,18 @@ def run(cmd, env=None):
     if p.returncode != 0:
         sys.exit(f"compare: {' '.join(cmd)} failed ({p.returncode}):\n{p.stderr[-2000:]}")
     return p.stdout
+
+
+def cpu_seconds():
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def cpu_run(cmd):
+    """Output and CPU seconds (user + system, all threads) of one run."""
+    t0 = cpu_seconds()
+    out = run(cmd)
+    return out, cpu_seconds() - t0
 
 
 def uptime():
@@ -66,6 +81,30 @@ def make_gguf(converter, model, out):
     os.replace(out + ".tmp", out)
 
 
+# --clock cpu: throughput from CPU time, for a machine shared with other jobs (where the wall
+# clock mostly measures their time slices). Each figure is the difference of two runs that
+# differ only in the work measured (so model loading, warm-up and start-up cancel), as
+# tokens x threads / CPU seconds: the rate the run would have with its threads' cores to
+# itself, spin-waiting at barriers counted as work.
+def llama_bench_cpu(bench, gguf, threads):
+    base = [bench, "-m", gguf, "-t", str(threads), "-o", "json"]
+    r = {}
+    for key, args, tokens in (("prefill", ["-p", "512", "-n", "0"], 512), ("decode", ["-p", "0", "-n", "32"], 32)):
+        _, c1 = cpu_run(base + args + ["-r", "1"])
+        _, c3 = cpu_run(base + args + ["-r", "3"])
+        r[key] = 2 * tokens * threads / (c3 - c1)
+    return r
+
+
+def llamoe_cpu(ep, model, threads, decode_ids, prefill_ids):
+    base = [ep, "-m", model, "--threads", str(threads), "--json"]
+    _, p0 = cpu_run(base + ["--ids", prefill_ids, "-n", "1", "--step-tokens", "512"])
+    _, p1 = cpu_run(base + ["--ids", prefill_ids, "-n", "1", "--step-tokens", "512", "--warmup", "1"])
+    _, d32 = cpu_run(base + ["--ids", decode_ids, "-n", "32"])
+    _, d64 = cpu_run(base + ["--ids", decode_ids, "-n", "64"])
+    return {"prefill": 512 * threads / (p1 - p0), "decode": 32 * threads / (d64 - d32)}
+
+
 def llama_bench(bench, gguf, threads):
     out = run([bench, "-m", gguf, "-p", "512", "-n", "32", "-t", str(threads), "-r", "1", "-o", "json"])
     rows = json.loads(out)
@@ -83,8 +122,8 @@ def llamoe(ep, model, threads, decode_ids, prefill_ids):
     return {"decode": dec["timings"]["decode_tok_s"], "prefill": pre["timings"]["prefill_tok_s"]}
 
 
-def read_bandwidth(bench_ops, threads):
-    out = run([bench_ops, "--read-bandwidth", "--threads", str(threads)])
+def read_bandwidth(bench_ops, threads, clock):
+    out = run([bench_ops, "--read-bandwidth", "--threads", str(threads)] + (["--cpu-time"] if clock == "cpu" else []))
     return float(out.strip().splitlines()[-1].split()[11])
 
 
@@ -108,14 +147,18 @@ def main():
     ap.add_argument("--model", required=True, help="dense Llama directory (BF16)")
     ap.add_argument("--moe-model", help="Mixtral directory, e.g. from llamoe-convert --moe production:8:2")
     ap.add_argument("--build", default="build", help="llamoe build directory")
+    ap.add_argument("--baseline-build", help="another llamoe build (for example before a change), run in the same rounds")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--out", default="bench/peers/results")
+    ap.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                    help="wall: the tools' own figures; cpu: from CPU time (a machine shared with other jobs)")
+    ap.add_argument("--out", required=True, help="results directory (outside the source tree: the GGUFs are written there)")
     a = ap.parse_args()
 
     bench = os.path.join(a.llama_cpp, "bin", "llama-bench")
     ep, bench_ops = os.path.join(a.build, "llamoe-ep"), os.path.join(a.build, "bench_ops")
-    for p in (bench, ep, bench_ops):
+    base_ep = os.path.join(a.baseline_build, "llamoe-ep") if a.baseline_build else None
+    for p in (bench, ep, bench_ops) + ((base_ep,) if base_ep else ()):
         if not os.access(p, os.X_OK):
             sys.exit(f"compare: {p}: not an executable")
     converter = find_converter(a.llama_cpp, a.llama_src)
@@ -132,12 +175,14 @@ def main():
 
     rounds = []
     for r in range(a.rounds):
-        row = {"round": r + 1, "load_before": uptime(), "read_gbps": read_bandwidth(bench_ops, a.threads)}
+        row = {"round": r + 1, "load_before": uptime(), "read_gbps": read_bandwidth(bench_ops, a.threads, a.clock)}
         for name, d in models:   # alternate which runs first, so neither always gets the warmer machine
-            order = ["llama.cpp", "llamoe"] if r % 2 == 0 else ["llamoe", "llama.cpp"]
+            order = ["llama.cpp", "llamoe"] + (["baseline"] if base_ep else [])
+            order = order if r % 2 == 0 else order[::-1]
             for who in order:
-                res = llama_bench(bench, ggufs[name], a.threads) if who == "llama.cpp" else \
-                    llamoe(ep, d, a.threads, decode_ids, prefill_ids)
+                lb, lm = (llama_bench_cpu, llamoe_cpu) if a.clock == "cpu" else (llama_bench, llamoe)
+                res = lb(bench, ggufs[name], a.threads) if who == "llama.cpp" else \
+                    lm(ep if who == "llamoe" else base_ep, d, a.threads, decode_ids, prefill_ids)
                 for k, v in res.items():
                     row[f"{name}_{who}_{k}"] = v
         row["load_after"] = uptime()
@@ -154,8 +199,13 @@ def main():
             lc, lm = f"{name}_llama.cpp_{k}", f"{name}_llamoe_{k}"
             entry[k] = {"llama.cpp": med(lc), "llama.cpp_range": span(lc), "llamoe": med(lm), "llamoe_range": span(lm),
                         "ratio": statistics.median(x[lm] / x[lc] for x in rounds)}
+        if base_ep:
+            for k in ("decode", "prefill"):
+                lb, lm = f"{name}_baseline_{k}", f"{name}_llamoe_{k}"
+                entry[k].update({"baseline": med(lb), "baseline_range": span(lb),
+                                 "vs_baseline": statistics.median(x[lm] / x[lb] for x in rounds)})
         table.append(entry)
-    summary = {"cpu": cpu_name(), "threads": a.threads, "rounds": rounds, "table": table,
+    summary = {"cpu": cpu_name(), "threads": a.threads, "clock": a.clock, "rounds": rounds, "table": table,
                "read_gbps": med("read_gbps"), "read_gbps_range": span("read_gbps"),
                "date": time.strftime("%Y-%m-%d %H:%M")}
     with open(os.path.join(a.out, "peers.json"), "w") as f:
@@ -167,7 +217,7 @@ def main():
         for x in rounds:
             wr.writerow([x[k] for k in keys])
 
-    lines = [f"{a.rounds} rounds, {a.threads} threads, {cpu_name()}; load averages "
+    lines = [f"{a.rounds} rounds, {a.threads} threads, {a.clock} clock, {cpu_name()}; load averages "
              f"{rounds[0]['load_before']} .. {rounds[-1]['load_after']}; plain read of 2 GiB "
              f"{summary['read_gbps']:.1f} GB/s (range {summary['read_gbps_range'][0]:.1f}-{summary['read_gbps_range'][1]:.1f})",
              "",
@@ -178,6 +228,13 @@ def main():
         rng = lambda v, r: f"{v:.1f} ({r[0]:.1f}-{r[1]:.1f})"
         lines.append(f"| {e['model']} | {rng(dd['llama.cpp'], dd['llama.cpp_range'])} | {rng(dd['llamoe'], dd['llamoe_range'])} | "
                      f"{dd['ratio']:.2f} | {dd['llamoe'] * e['decode_bytes'] * 1e-9:.1f} ({100 * dd['llamoe'] * e['decode_bytes'] * 1e-9 / summary['read_gbps']:.0f}%) | {rng(pp['llama.cpp'], pp['llama.cpp_range'])} | {rng(pp['llamoe'], pp['llamoe_range'])} | {pp['ratio']:.2f} |")
+    if base_ep:
+        lines += ["", f"llamoe against the baseline build {a.baseline_build} in the same rounds:", "",
+                  "| model | baseline decode tok/s | decode now / baseline | baseline prefill tok/s | prefill now / baseline |",
+                  "|---|---:|---:|---:|---:|"]
+        for e in table:
+            dd, pp = e["decode"], e["prefill"]
+            lines.append(f"| {e['model']} | {dd['baseline']:.1f} | {dd['vs_baseline']:.2f} | {pp['baseline']:.1f} | {pp['vs_baseline']:.2f} |")
     md = "\n".join(lines) + "\n"
     with open(os.path.join(a.out, "peers.md"), "w") as f:
         f.write(md)

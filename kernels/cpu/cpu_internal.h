@@ -83,6 +83,11 @@ static inline void cpu_dot4(float *res, const float *a, int64_t lda, const float
 #define CPU_MATMUL_SCRATCH ((size_t)1 << 20)
 void cpu_matmul_rows(float *out, int64_t ldo, const float *x, int64_t ldx, int64_t n,
                      const weight_t *w, int64_t r0, int64_t r1, void *scratch);
+// The row range for n tokens of a matrix of `rows` rows: the long one only when there are
+// enough of them to keep every thread busy (small matrices are all barrier otherwise).
+static inline int64_t cpu_matmul_chunk(int64_t rows, int64_t n, int threads) {
+    return n > 1 && rows >= 4 * (int64_t)threads * CPU_MATMUL_ROWS_MANY ? CPU_MATMUL_ROWS_MANY : CPU_MATMUL_ROWS;
+}
 
 // One buffer of `per_thread` bytes (rounded up to 64) for each of `threads` threads from
 // scratch `id`; thread t's is at the result + t * cpu_thread_stride(per_thread), 64-aligned.

@@ -263,7 +263,7 @@ void cpu_matmul_rows(float *out, int64_t ldo, const float *x, int64_t ldx, int64
 void cpu_matmul(float *out, const float *x, const weight_t *w, int n) {
     if (n <= 0 || w->rows <= 0) return;
     int threads = cpu_threads();
-    int64_t rows = w->rows, chunk = n == 1 ? CPU_MATMUL_ROWS : CPU_MATMUL_ROWS_MANY, chunks = (rows + chunk - 1) / chunk;
+    int64_t rows = w->rows, chunk = cpu_matmul_chunk(rows, n, threads), chunks = (rows + chunk - 1) / chunk;
     char *scratch = n == 1 ? NULL : cpu_thread_scratch(CPU_SCRATCH_MATMUL, threads, CPU_MATMUL_SCRATCH);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (chunks > 1)
     for (int64_t ch = 0; ch < chunks; ch++) {

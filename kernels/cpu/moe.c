@@ -52,14 +52,15 @@ void cpu_gather_rows(float *out, const float *x, const int32_t *rows, int n, int
 // Work is a flat list of (expert, block of output rows) items shared by all threads, in two
 // phases: gate/up blocks (each item also applies silu(g) * u to its block), then down
 // blocks. Every element is a cpu_matmul_rows dot product, so results do not depend on how
-// many tokens each expert got, on threads or on the item order. An expert with one token
-// gets blocks of CPU_MATMUL_ROWS rows, one with several the longer CPU_MATMUL_ROWS_MANY.
+// many tokens each expert got, on threads or on the item order. Blocks are CPU_MATMUL_ROWS
+// rows, or CPU_MATMUL_ROWS_MANY for an expert with several tokens and many rows
+// (cpu_matmul_chunk).
 #define FFN_ROW_CHUNK CPU_MATMUL_ROWS   // the shortest block: bounds the item count
 
 typedef struct { int e; int64_t r0, r1; } ffn_item;
 
-static int64_t add_items(ffn_item *items, int64_t count, int e, int64_t rows, int64_t tokens) {
-    int64_t chunk = tokens == 1 ? CPU_MATMUL_ROWS : CPU_MATMUL_ROWS_MANY;
+static int64_t add_items(ffn_item *items, int64_t count, int e, int64_t rows, int64_t tokens, int threads) {
+    int64_t chunk = cpu_matmul_chunk(rows, tokens, threads);
     for (int64_t r = 0; r < rows; r += chunk)
         items[count++] = (ffn_item){e, r, r + chunk < rows ? r + chunk : rows};
     return count;
@@ -98,8 +99,8 @@ void cpu_expert_ffn(float *out, const float *x, const int64_t *offsets, const ex
     n_up = n_down = 0;
     for (int e = 0; e < E; e++) {
         if (offsets[e + 1] == offsets[e]) continue;
-        n_up = add_items(up, n_up, e, ex->w1[e].rows, offsets[e + 1] - offsets[e]);
-        n_down = add_items(down, n_down, e, d, offsets[e + 1] - offsets[e]);
+        n_up = add_items(up, n_up, e, ex->w1[e].rows, offsets[e + 1] - offsets[e], cpu_threads());
+        n_down = add_items(down, n_down, e, d, offsets[e + 1] - offsets[e], cpu_threads());
     }
 
     int threads = cpu_threads();

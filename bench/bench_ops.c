@@ -3,12 +3,19 @@
 // Fixed columns like nccl-tests; GFLOP/s and GB/s come from the best time; `wrong` counts output elements that differ from the
 // 1-thread run (the kernels are deterministic, so it must be 0).
 //   bench_ops [--full] [--threads 1,2] [--json FILE]
+//   bench_ops --read-bandwidth [--threads 2] [--json FILE]   plain read of 2 GiB (rows = MiB)
+//   bench_ops --only matmul|attention                         one part of the default set
+//   bench_ops --peak          fp32 fma vs AVX512-BF16 vdpbf16ps throughput on one core (the fma
+//                             figure is a peak on AVX-512 builds only)
+//   --cpu-time                time kernels by CPU time / threads (for a machine shared with other jobs)
 // The default set stays under a minute on 2 cores; --full adds prefill n = 512 on the
 // 14336-wide shapes and F32 prefill.
 #include "kernels/backend.h"
 
 #include <math.h>
+#include <omp.h>
 #include <string.h>
+#include <time.h>
 
 static uint64_t rng = 1;
 static float frand(void) {
@@ -65,15 +72,25 @@ static int64_t count_wrong(const float *a, const float *b, size_t n) {
 // Repeats fn (after a warm-up call) until min_s has passed and at least 3 runs; returns the
 // best time and sets the mean. The best is the figure reported: the containers share their
 // cores with other jobs, so the mean mostly measures the neighbours.
+// With --cpu-time a run is timed by the process's CPU time divided by the thread count: on
+// a loaded machine the wall clock mostly measures the time slices other jobs take.
+static int cpu_time = 0, timed_threads = 1;
+static double process_seconds(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+static double run_seconds(void) { return cpu_time ? process_seconds() / timed_threads : now_seconds(); }
+
 typedef void (*bench_fn)(void *);
 static double time_it(bench_fn fn, void *arg, double min_s, int *iters, double *mean) {
     fn(arg);
     double t0 = now_seconds(), best = 1e30;
     int k = 0;
     do {
-        double t1 = now_seconds();
+        double t1 = run_seconds();
         fn(arg);
-        double t = now_seconds() - t1;
+        double t = run_seconds() - t1;
         best = t < best ? t : best;
         k++;
     } while (k < 3 || now_seconds() - t0 < min_s);
@@ -95,6 +112,7 @@ static void bench_matmul(int64_t rows, int64_t cols, dtype_t dt, const int *ns, 
         for (int j = 0; j < n_threads; j++) {
             backend *be = backend_cpu_new(&(backend_options){.threads = threads[j]});
             mm_args a = {be, out, x, &w, ns[i]};
+            timed_threads = threads[j];
             result r = {.rows = rows, .cols = cols, .n = ns[i], .threads = threads[j]};
             snprintf(r.op, sizeof r.op, "matmul");
             snprintf(r.dtype, sizeof r.dtype, "%s", dtype_name(dt));
@@ -131,6 +149,7 @@ static void bench_attention(int ctx, int n, const int *threads, int n_threads) {
     for (int j = 0; j < n_threads; j++) {
         backend *be = backend_cpu_new(&(backend_options){.threads = threads[j]});
         att_args a = {be, out, q, k, v, slot, pos, n, stride};
+        timed_threads = threads[j];
         result r = {.rows = 32, .cols = 128, .n = n, .ctx = ctx, .threads = threads[j]};
         snprintf(r.op, sizeof r.op, "attention");
         snprintf(r.dtype, sizeof r.dtype, "F32");
@@ -146,6 +165,142 @@ static void bench_attention(int ctx, int n, const int *threads, int n_threads) {
         backend_free(be);
     }
     free(k); free(v); free(q); free(out); free(first);
+}
+
+// ---------------------------------------------------------------------------- read bandwidth
+// The bound a decode step is held to: a plain read of a buffer far larger than the caches
+// (2 GiB), each thread summing its contiguous share with 8 independent accumulators.
+static double read_sum(const float *p, size_t n, int threads) {
+    double total = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : total)
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        size_t lo = n / nt * t, hi = t + 1 == nt ? n : n / nt * (t + 1);
+        typedef float v16 __attribute__((vector_size(64)));
+        v16 acc[8] = {{0}};
+        size_t i = lo;
+        for (; i + 128 <= hi; i += 128)
+            for (int k = 0; k < 8; k++) {
+                v16 v;
+                memcpy(&v, p + i + 16 * k, sizeof v);
+                acc[k] += v;
+            }
+        float s = 0;
+        for (int k = 0; k < 8; k++)
+            for (int l = 0; l < 16; l++) s += acc[k][l];
+        for (; i < hi; i++) s += p[i];
+        total += s;
+    }
+    return total;
+}
+
+static void bench_read_bandwidth(size_t bytes, const int *threads, int n_threads) {
+    size_t n = bytes / sizeof(float);
+    float *p = xmalloc(n * sizeof(float));
+    for (size_t i = 0; i < n; i++) p[i] = (float)(i & 1023);   // touch every page
+    for (int j = 0; j < n_threads; j++) {
+        double best = 1e30, sum = 0, t0 = now_seconds();
+        int k = 0;
+        timed_threads = threads[j];
+        for (; k < 3 || (k < 20 && now_seconds() - t0 < 2.0); k++) {
+            double t1 = run_seconds();
+            sum += read_sum(p, n, threads[j]);
+            double t = run_seconds() - t1;
+            best = t < best ? t : best;
+        }
+        result r = {.rows = (int64_t)(bytes >> 20), .cols = 1, .n = 1, .threads = threads[j], .iters = k};
+        snprintf(r.op, sizeof r.op, "read");
+        snprintf(r.dtype, sizeof r.dtype, "F32");
+        r.ms = best * 1e3;
+        r.mean_ms = (now_seconds() - t0) / k * 1e3;
+        r.gbps = (double)bytes / best * 1e-9;
+        r.wrong = sum == sum ? 0 : 1;   // (keeps the sums alive)
+        print_result(&r);
+        results[n_results++] = r;
+    }
+    free(p);
+}
+
+// ---------------------------------------------------------------------------- peak
+// Instruction throughput of the two ways to run a dot product on this core, in registers
+// (24 independent accumulators): fp32 fma (32 flop per 16-lane instruction) and, where the
+// CPU has AVX512-BF16, vdpbf16ps (64 flop: 32 bf16 pairs into 16 fp32 lanes). Timed in the
+// thread's CPU time, so that other jobs on the core do not count. Tells whether a bf16
+// compute path could beat fp32 on this CPU.
+#define PEAK_ACC 24
+static double thread_seconds(void) {   // the peak loops run on the calling thread only
+    struct timespec t;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+    return t.tv_sec + t.tv_nsec * 1e-9;
+}
+
+typedef float v16f __attribute__((vector_size(64)));
+__attribute__((noinline)) static float peak_fma(long iters) {
+    v16f acc[PEAK_ACC], a = {0}, b = {0};
+    a += 1.0f; b += 0.5f;
+    for (int i = 0; i < PEAK_ACC; i++) acc[i] = a * (float)i;   // distinct, so none is merged
+    for (long it = 0; it < iters; it++) {
+#pragma GCC unroll 24
+        for (int i = 0; i < PEAK_ACC; i++) acc[i] += a * b;
+#ifdef __AVX512F__
+        __asm__ volatile("" : "+v"(a));   // a is unknown to the compiler: nothing is hoisted
+#else
+        __asm__ volatile("" : : "r"(&a) : "memory");   // (a 64-byte vector is two registers)
+#endif
+    }
+    float s = 0;
+    for (int i = 0; i < PEAK_ACC; i++) s += acc[i][0];
+    return s;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
+__attribute__((noinline, target("avx512f,avx512bf16"))) static float peak_dpbf16(long iters) {
+    __m512 acc[PEAK_ACC];
+    for (int i = 0; i < PEAK_ACC; i++) acc[i] = _mm512_set1_ps((float)i);
+    __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80), b = (__m512bh)_mm512_set1_epi16(0x3f00);
+    for (long it = 0; it < iters; it++) {
+#pragma GCC unroll 24
+        for (int i = 0; i < PEAK_ACC; i++) acc[i] = _mm512_dpbf16_ps(acc[i], a, b);
+        __asm__ volatile("" : "+v"(a));
+    }
+    float s = 0;
+    for (int i = 0; i < PEAK_ACC; i++) s += _mm512_reduce_add_ps(acc[i]);
+    return s;
+}
+static int have_dpbf16(void) { return __builtin_cpu_supports("avx512bf16"); }
+#else
+static float peak_dpbf16(long iters) { return (float)iters; }
+static int have_dpbf16(void) { return 0; }
+#endif
+
+static void bench_peak(void) {
+    const long iters = 4000000;
+    struct { const char *name; float (*fn)(long); double flop; int ok; } kinds[] = {
+        {"fma-fp32", peak_fma, 32, 1}, {"dpbf16", peak_dpbf16, 64, have_dpbf16()}};
+    for (int k = 0; k < 2; k++) {
+        if (!kinds[k].ok) {
+            printf("%-9s (this CPU lacks AVX512-BF16)\n", kinds[k].name);
+            continue;
+        }
+        double best = 1e30;
+        float sink = 0;
+        for (int r = 0; r < 7; r++) {
+            double t0 = thread_seconds();
+            sink += kinds[k].fn(iters);
+            double t = thread_seconds() - t0;
+            best = t < best ? t : best;
+        }
+        result r = {.rows = PEAK_ACC, .cols = 16, .n = iters, .threads = 1, .iters = 7};
+        snprintf(r.op, sizeof r.op, "%s", kinds[k].name);
+        snprintf(r.dtype, sizeof r.dtype, k ? "BF16" : "F32");
+        r.ms = best * 1e3;
+        r.mean_ms = best * 1e3;
+        r.gflops = kinds[k].flop * PEAK_ACC * (double)iters / best * 1e-9;
+        r.wrong = sink == sink ? 0 : 1;
+        print_result(&r);
+        results[n_results++] = r;
+    }
 }
 
 // ---------------------------------------------------------------------------- main
@@ -166,7 +321,7 @@ static void write_json(const char *path) {
             }
         fclose(ci);
     }
-    fprintf(f, "{\n  \"cpu\": \"%s\",\n  \"results\": [\n", cpu);
+    fprintf(f, "{\n  \"cpu\": \"%s\",\n  \"clock\": \"%s\",\n  \"results\": [\n", cpu, cpu_time ? "cpu time / threads" : "wall");
     for (int i = 0; i < n_results; i++) {
         const result *r = &results[i];
         fprintf(f, "    {\"op\": \"%s\", \"dtype\": \"%s\", \"rows\": %lld, \"cols\": %lld, \"n\": %lld, \"ctx\": %lld, "
@@ -180,19 +335,30 @@ static void write_json(const char *path) {
 
 int main(int argc, char **argv) {
     const char *json = NULL;
-    int full = 0, threads[8] = {1, 2}, n_threads = 2;
+    int full = 0, read_bw = 0, peak = 0, threads[8] = {1, 2}, n_threads = 2;
+    const char *only = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--json") && i + 1 < argc) json = argv[++i];
         else if (!strcmp(argv[i], "--full")) full = 1;
+        else if (!strcmp(argv[i], "--read-bandwidth")) read_bw = 1;
+        else if (!strcmp(argv[i], "--peak")) peak = 1;
+        else if (!strcmp(argv[i], "--cpu-time")) cpu_time = 1;
+        else if (!strcmp(argv[i], "--only") && i + 1 < argc) only = argv[++i];
         else if (!strcmp(argv[i], "--threads") && i + 1 < argc) {
             n_threads = 0;
             for (char *s = argv[++i]; *s && n_threads < 8; s += *s == ',') threads[n_threads++] = (int)strtol(s, &s, 10);
-        } else die("usage: bench_ops [--full] [--threads 1,2] [--json FILE]");
+        } else die("usage: bench_ops [--full | --read-bandwidth | --peak] [--only matmul|attention] [--cpu-time] [--threads 1,2] [--json FILE]");
     }
     print_header();
+    if (read_bw || peak) {
+        if (read_bw) bench_read_bandwidth((size_t)2 << 30, threads, n_threads);
+        if (peak) bench_peak();
+        if (json) write_json(json);
+        return 0;
+    }
     const int64_t shapes[3][2] = {{4096, 4096}, {14336, 4096}, {4096, 14336}};
     const int decode[] = {1}, prefill[] = {1, 64, 512}, prefill_short[] = {1, 64};
-    for (int s = 0; s < 3; s++) {
+    for (int s = 0; s < 3 && !(only && strcmp(only, "matmul")); s++) {
         // BF16 (the checkpoint dtype): decode and prefill; F32: decode (bandwidth) unless --full
         if (full || s == 0) bench_matmul(shapes[s][0], shapes[s][1], DT_BF16, prefill, 3, threads, n_threads);
         else bench_matmul(shapes[s][0], shapes[s][1], DT_BF16, prefill_short, 2, threads, n_threads);
@@ -200,7 +366,7 @@ int main(int argc, char **argv) {
         else bench_matmul(shapes[s][0], shapes[s][1], DT_F32, decode, 1, threads, n_threads);
     }
     const int ctxs[] = {128, 1024, 4096};
-    for (int c = 0; c < 3; c++) bench_attention(ctxs[c], 1, threads, n_threads);
+    for (int c = 0; c < 3 && !(only && strcmp(only, "attention")); c++) bench_attention(ctxs[c], 1, threads, n_threads);
     if (json) write_json(json);
     return 0;
 }

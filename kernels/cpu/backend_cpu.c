@@ -26,6 +26,11 @@ void *cpu_scratch(backend *be, int id, size_t bytes) {
     return cx->scratch[id].p;
 }
 
+void *cpu_thread_scratch(backend *be, int id, int threads, size_t per_thread) {
+    char *p = cpu_scratch(be, id, (size_t)threads * cpu_thread_stride(per_thread) + 64);
+    return p + (64 - (uintptr_t)p % 64) % 64;
+}
+
 // ---------------------------------------------------------------------------- memory
 static void *cpu_alloc(backend *be, size_t bytes) { return xcalloc(bytes, 1); }
 static void *cpu_try_alloc(backend *be, size_t bytes) { return calloc(bytes ? bytes : 1, 1); }

@@ -14,7 +14,7 @@ int cpu_threads(backend *be);
 // the backend object. Ops of one backend are called from one host thread (the runtime's),
 // never concurrently, so ids are per op, not per thread. Contents are not kept across calls.
 enum { CPU_SCRATCH_ATTENTION, CPU_SCRATCH_ROUTER, CPU_SCRATCH_FFN_G, CPU_SCRATCH_FFN_U, CPU_SCRATCH_FFN_ITEMS,
-       CPU_SCRATCH_MOE, CPU_SCRATCH_N };
+       CPU_SCRATCH_MOE, CPU_SCRATCH_MATMUL, CPU_SCRATCH_FFN_MATMUL, CPU_SCRATCH_N };
 void *cpu_scratch(backend *be, int id, size_t bytes);
 
 // ---------------------------------------------------------------------------- vectors
@@ -74,9 +74,25 @@ static inline void cpu_dot4(float *res, const float *a, int64_t lda, const float
 
 // out[t * ldo + (r - r0)] = x[t * ldx, :] . w[r, :] for t < n and r0 <= r < r1, serial (the
 // caller parallelises over row ranges). Each element goes through cpu_dot's scheme, so the
-// result does not depend on n, r0, r1 or on which thread calls it.
+// result does not depend on n, r0, r1 or on which thread calls it. scratch: the calling
+// thread's own CPU_MATMUL_SCRATCH bytes, 64-byte aligned (cpu_thread_scratch).
+// Row ranges of CPU_MATMUL_ROWS (n = 1) or CPU_MATMUL_ROWS_MANY (n > 1) rows balance the
+// threads and let several tokens share each widened block of W.
+#define CPU_MATMUL_ROWS 40          // a multiple of both tile heights (8 and 5)
+#define CPU_MATMUL_ROWS_MANY 160
+#define CPU_MATMUL_SCRATCH ((size_t)1 << 20)
 void cpu_matmul_rows(float *out, int64_t ldo, const float *x, int64_t ldx, int64_t n,
-                     const weight_t *w, int64_t r0, int64_t r1);
+                     const weight_t *w, int64_t r0, int64_t r1, void *scratch);
+// The row range for n tokens of a matrix of `rows` rows: the long one only when there are
+// enough of them to keep every thread busy (small matrices are all barrier otherwise).
+static inline int64_t cpu_matmul_chunk(int64_t rows, int64_t n, int threads) {
+    return n > 1 && rows >= 4 * (int64_t)threads * CPU_MATMUL_ROWS_MANY ? CPU_MATMUL_ROWS_MANY : CPU_MATMUL_ROWS;
+}
+
+// One buffer of `per_thread` bytes (rounded up to 64) for each of `threads` threads from
+// scratch `id`; thread t's is at the result + t * cpu_thread_stride(per_thread), 64-aligned.
+void *cpu_thread_scratch(backend *be, int id, int threads, size_t per_thread);
+static inline size_t cpu_thread_stride(size_t per_thread) { return (per_thread + 63) / 64 * 64; }
 
 // silu(g) * u in fp32, the form torch uses for silu: g / (1 + exp(-g)).
 static inline float cpu_swiglu1(float g, float u) { return g / (1.0f + expf(-g)) * u; }

@@ -48,14 +48,17 @@ void cpu_router_topk(backend *be, int32_t *expert, float *weight, const float *l
 // Work is a flat list of (expert, block of output rows) items shared by all threads, in two
 // phases: gate/up blocks (each item also applies silu(g) * u to its block), then down
 // blocks. Every element is a cpu_matmul_rows dot product, so results do not depend on how
-// many tokens each expert got, on threads or on the item order.
-#define FFN_ROW_CHUNK 40
+// many tokens each expert got, on threads or on the item order. Blocks are CPU_MATMUL_ROWS
+// rows, or CPU_MATMUL_ROWS_MANY for an expert with several tokens and many rows
+// (cpu_matmul_chunk).
+#define FFN_ROW_CHUNK CPU_MATMUL_ROWS   // the shortest block: bounds the item count
 
 typedef struct { int e; int64_t r0, r1; } ffn_item;
 
-static int64_t add_items(ffn_item *items, int64_t count, int e, int64_t rows) {
-    for (int64_t r = 0; r < rows; r += FFN_ROW_CHUNK)
-        items[count++] = (ffn_item){e, r, r + FFN_ROW_CHUNK < rows ? r + FFN_ROW_CHUNK : rows};
+static int64_t add_items(ffn_item *items, int64_t count, int e, int64_t rows, int64_t tokens, int threads) {
+    int64_t chunk = cpu_matmul_chunk(rows, tokens, threads);
+    for (int64_t r = 0; r < rows; r += chunk)
+        items[count++] = (ffn_item){e, r, r + chunk < rows ? r + chunk : rows};
     return count;
 }
 
@@ -94,20 +97,23 @@ void cpu_expert_ffn(backend *be, float *out, const float *x, const int64_t *offs
     n_up = n_down = 0;
     for (int e = 0; e < E; e++) {
         if (offsets[e + 1] == offsets[e]) continue;
-        n_up = add_items(up, n_up, e, ex->w1[e].rows);
-        n_down = add_items(down, n_down, e, d);
+        n_up = add_items(up, n_up, e, ex->w1[e].rows, offsets[e + 1] - offsets[e], cpu_threads(be));
+        n_down = add_items(down, n_down, e, d, offsets[e + 1] - offsets[e], cpu_threads(be));
     }
 
-#pragma omp parallel num_threads(cpu_threads(be))
+    int threads = cpu_threads(be);
+    char *scratch = cpu_thread_scratch(be, CPU_SCRATCH_FFN_MATMUL, threads, CPU_MATMUL_SCRATCH);
+#pragma omp parallel num_threads(threads)
     {
+        void *mine = scratch + (size_t)omp_get_thread_num() * cpu_thread_stride(CPU_MATMUL_SCRATCH);
 #pragma omp for schedule(dynamic, 1)
         for (int64_t it = 0; it < n_up; it++) {
             ffn_item w = up[it];
             int64_t ne = offsets[w.e + 1] - offsets[w.e], ff = ex->w1[w.e].rows;
             const float *xe = x + (size_t)offsets[w.e] * (size_t)d;
             float *ge = g + hoff[w.e] + w.r0, *ue = u + hoff[w.e] + w.r0;
-            cpu_matmul_rows(ge, ff, xe, d, ne, &ex->w1[w.e], w.r0, w.r1);
-            cpu_matmul_rows(ue, ff, xe, d, ne, &ex->w3[w.e], w.r0, w.r1);
+            cpu_matmul_rows(ge, ff, xe, d, ne, &ex->w1[w.e], w.r0, w.r1, mine);
+            cpu_matmul_rows(ue, ff, xe, d, ne, &ex->w3[w.e], w.r0, w.r1, mine);
             for (int64_t t = 0; t < ne; t++)
                 for (int64_t r = 0; r < w.r1 - w.r0; r++)
                     ge[t * ff + r] = cpu_swiglu1(ge[t * ff + r], ue[t * ff + r]);
@@ -118,7 +124,7 @@ void cpu_expert_ffn(backend *be, float *out, const float *x, const int64_t *offs
             ffn_item w = down[it];
             int64_t ne = offsets[w.e + 1] - offsets[w.e], ff = ex->w1[w.e].rows;
             cpu_matmul_rows(out + (size_t)offsets[w.e] * (size_t)d + w.r0, d, g + hoff[w.e], ff, ne,
-                            &ex->w2[w.e], w.r0, w.r1);
+                            &ex->w2[w.e], w.r0, w.r1, mine);
         }
     }
 }

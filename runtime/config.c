@@ -6,8 +6,8 @@
 // tie_word_embeddings = false, rope_scaling = none). Every dimension is bounded so that hostile
 // values are refused before anyone sizes an allocation from them.
 #include "runtime/config.h"
+#include "runtime/json_read.h"
 
-#include <json-c/json.h>
 #include <math.h>
 #include <string.h>
 
@@ -27,14 +27,9 @@
 // ---------------------------------------------------------------------------- field readers
 // Each returns 0 if the field is present and valid, 1 if absent (when optional), -1 on error.
 
-static json_object *field(json_object *o, const char *key) {
-    json_object *v = NULL;
-    return json_object_object_get_ex(o, key, &v) ? v : NULL;
-}
-
 static int get_int(json_object *o, const char *path, const char *key, int required, int lo, int hi,
                    int *out, llamoe_err *err) {
-    json_object *v = field(o, key);
+    json_object *v = json_read_member(o, key);
     if (!v) return required ? fail(err, "%s: %s missing", path, key) : 1;
     if (!json_object_is_type(v, json_type_int))
         return fail(err, "%s: %s is %.40s, not an integer", path, key, json_object_to_json_string(v));
@@ -48,7 +43,7 @@ static int get_int(json_object *o, const char *path, const char *key, int requir
 // Integers are numbers too ("rope_theta": 10000).
 static int get_float(json_object *o, const char *path, const char *key, int required, double lo, double hi,
                      float *out, llamoe_err *err) {
-    json_object *v = field(o, key);
+    json_object *v = json_read_member(o, key);
     if (!v) return required ? fail(err, "%s: %s missing", path, key) : 1;
     if (!json_object_is_type(v, json_type_double) && !json_object_is_type(v, json_type_int))
         return fail(err, "%s: %s is %.40s, not a number", path, key, json_object_to_json_string(v));
@@ -60,7 +55,7 @@ static int get_float(json_object *o, const char *path, const char *key, int requ
 }
 
 static int get_bool(json_object *o, const char *path, const char *key, int *out, llamoe_err *err) {
-    json_object *v = field(o, key);
+    json_object *v = json_read_member(o, key);
     if (!v) return 1;
     if (!json_object_is_type(v, json_type_boolean))
         return fail(err, "%s: %s is %.40s, not true or false", path, key, json_object_to_json_string(v));
@@ -75,24 +70,9 @@ static const char *printable(const char *s) {
     return s;
 }
 
-static json_object *parse_object(const char *path, const char *text, llamoe_err *err) {
-    enum json_tokener_error e;
-    json_object *root = json_tokener_parse_verbose(text, &e);
-    if (!root) {
-        fail(err, "%s: malformed JSON: %s", path, json_tokener_error_desc(e));
-        return NULL;
-    }
-    if (!json_object_is_type(root, json_type_object)) {
-        json_object_put(root);
-        fail(err, "%s: not a JSON object", path);
-        return NULL;
-    }
-    return root;
-}
-
 // Adds eos ids (an int or a list of ints; null or absent adds nothing) without duplicates.
 static int add_eos(llama_config *c, json_object *o, const char *path, llamoe_err *err) {
-    json_object *v = field(o, "eos_token_id");
+    json_object *v = json_read_member(o, "eos_token_id");
     if (!v) return 0;
     int n = 1, is_list = json_object_is_type(v, json_type_array);
     if (is_list) n = (int)json_object_array_length(v);
@@ -117,7 +97,7 @@ static int add_eos(llama_config *c, json_object *o, const char *path, llamoe_err
 
 // bos_token_id: an integer, null or absent (-1).
 static int get_bos(llama_config *c, json_object *o, const char *path, llamoe_err *err) {
-    json_object *v = field(o, "bos_token_id");
+    json_object *v = json_read_member(o, "bos_token_id");
     if (!v) return 0;
     int id;
     if (get_int(o, path, "bos_token_id", 1, 0, c->vocab_size - 1, &id, err) != 0) return -1;
@@ -128,12 +108,12 @@ static int get_bos(llama_config *c, json_object *o, const char *path, llamoe_err
 // rope_scaling: null/absent, or {"rope_type" (or legacy "type"): "llama3", factor,
 // low_freq_factor, high_freq_factor, original_max_position_embeddings}. "default" means none.
 static int parse_rope_scaling(llama_config *c, json_object *root, const char *path, llamoe_err *err) {
-    json_object *rs = field(root, "rope_scaling");
+    json_object *rs = json_read_member(root, "rope_scaling");
     if (!rs) return 0;
     if (!json_object_is_type(rs, json_type_object))
         return fail(err, "%s: rope_scaling is %.40s, not null or an object", path, json_object_to_json_string(rs));
-    json_object *t = field(rs, "rope_type");
-    if (!t) t = field(rs, "type");
+    json_object *t = json_read_member(rs, "rope_type");
+    if (!t) t = json_read_member(rs, "type");
     if (!t || !json_object_is_type(t, json_type_string))
         return fail(err, "%s: rope_scaling.rope_type missing or not a string", path);
     const char *type = json_object_get_string(t);
@@ -158,7 +138,7 @@ static int parse_rope_scaling(llama_config *c, json_object *root, const char *pa
 
 // ---------------------------------------------------------------------------- config.json
 static int parse_fields(llama_config *c, json_object *root, const char *path, llamoe_err *err) {
-    json_object *mt = field(root, "model_type");
+    json_object *mt = json_read_member(root, "model_type");
     if (!mt) return fail(err, "%s: model_type missing", path);
     if (!json_object_is_type(mt, json_type_string))
         return fail(err, "%s: model_type is not a string", path);
@@ -185,7 +165,7 @@ static int parse_fields(llama_config *c, json_object *root, const char *path, ll
                     c->n_heads, c->n_kv_heads);
 
     // head_dim: explicit (may differ from hidden/heads) or null/absent.
-    json_object *hd = field(root, "head_dim");
+    json_object *hd = json_read_member(root, "head_dim");
     if (hd) {   // json-c gives null as NULL, so null counts as absent
         if (get_int(root, path, "head_dim", 1, 1, MAX_HEAD_DIM, &c->head_dim, err) != 0) return -1;
     } else {
@@ -219,7 +199,7 @@ static int parse_fields(llama_config *c, json_object *root, const char *path, ll
 int config_parse(llama_config *c, const char *path, const char *json_text, llamoe_err *err) {
     memset(c, 0, sizeof *c);
     c->bos_id = -1;
-    json_object *root = parse_object(path, json_text, err);
+    json_object *root = json_read_object(path, json_text, err);
     if (!root) return -1;
     int rc = parse_fields(c, root, path, err);
     json_object_put(root);
@@ -232,7 +212,7 @@ int config_parse(llama_config *c, const char *path, const char *json_text, llamo
 
 // ---------------------------------------------------------------------------- generation_config.json
 int config_parse_generation(llama_config *c, const char *path, const char *json_text, llamoe_err *err) {
-    json_object *root = parse_object(path, json_text, err);
+    json_object *root = json_read_object(path, json_text, err);
     if (!root) return -1;
     int rc = add_eos(c, root, path, err);
     if (rc == 0 && c->bos_id < 0) rc = get_bos(c, root, path, err);   // only fills a gap

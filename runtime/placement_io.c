@@ -1,20 +1,15 @@
 // Load profiles and placement files (placement_io.h).
 #include "runtime/placement_io.h"
 
-#include <json-c/json.h>
 #include <string.h>
 
 #include "base/moe_wire.h"
 #include "parallel/balance.h"
+#include "runtime/json_read.h"
 
 #define PLACEMENT_MAX_BYTES ((size_t)64 << 20)
 
 // ---------------------------------------------------------------------------- reading
-static json_object *field(json_object *o, const char *key) {
-    json_object *v = NULL;
-    return json_object_object_get_ex(o, key, &v) ? v : NULL;
-}
-
 static json_object *read_json(const char *path, llamoe_err *err) {
     size_t len;
     llamoe_err e;
@@ -23,18 +18,8 @@ static json_object *read_json(const char *path, llamoe_err *err) {
         fail(err, "%s", e.msg);
         return NULL;
     }
-    enum json_tokener_error je;
-    json_object *root = json_tokener_parse_verbose(text, &je);
+    json_object *root = json_read_object(path, text, err);
     free(text);
-    if (!root) {
-        fail(err, "%s: not JSON (%s)", path, json_tokener_error_desc(je));
-        return NULL;
-    }
-    if (!json_object_is_type(root, json_type_object)) {
-        json_object_put(root);
-        fail(err, "%s: not a JSON object", path);
-        return NULL;
-    }
     return root;
 }
 
@@ -52,7 +37,7 @@ static int get_int64(json_object *v, const char *path, const char *what, int64_t
 // The file's "format" and the shape of the model it was made for, against this model.
 static int check_model(json_object *root, const char *path, const char *format, const llama_config *c, int E,
                        llamoe_err *err) {
-    json_object *f = field(root, "format");
+    json_object *f = json_read_member(root, "format");
     if (!f || !json_object_is_type(f, json_type_string) || strcmp(json_object_get_string(f), format))
         return fail(err, "%s: format is not \"%s\"", path, format);
     struct { const char *key, *what; int64_t model; } shape[] = {
@@ -62,7 +47,7 @@ static int check_model(json_object *root, const char *path, const char *format, 
     };
     for (size_t i = 0; i < sizeof shape / sizeof shape[0]; i++) {
         int64_t v;
-        if (get_int64(field(root, shape[i].key), path, shape[i].key, 0, INT32_MAX, &v, err) != 0) return -1;
+        if (get_int64(json_read_member(root, shape[i].key), path, shape[i].key, 0, INT32_MAX, &v, err) != 0) return -1;
         if (v != shape[i].model)
             return fail(err, "%s: %s is %lld, but the model has %lld %s: a file made for another model", path,
                         shape[i].key, (long long)v, (long long)shape[i].model, shape[i].what);
@@ -92,7 +77,7 @@ int load_profile_read(const char *path, const llama_config *c, int E, int64_t **
     json_object *layers;
     char what[96];
     if (check_model(root, path, "llamoe-load-profile", c, E, err) != 0) goto done;
-    if (!(layers = get_array(field(root, "tokens_per_expert"), path, "tokens_per_expert", (size_t)L, err))) goto done;
+    if (!(layers = get_array(json_read_member(root, "tokens_per_expert"), path, "tokens_per_expert", (size_t)L, err))) goto done;
     for (int l = 0; l < L; l++) {
         snprintf(what, sizeof what, "tokens_per_expert[%d]", l);
         json_object *row = get_array(json_object_array_get_idx(layers, (size_t)l), path, what, (size_t)E, err);
@@ -122,12 +107,12 @@ int placement_read(const char *path, const llama_config *c, int E, int P, placem
     json_object *layers;
     char what[96];
     if (check_model(root, path, "llamoe-placement", c, E, err) != 0) goto done;
-    if (get_int64(field(root, "ranks"), path, "ranks", 1, MOE_MAX_RANKS, &ranks, err) != 0) goto done;
+    if (get_int64(json_read_member(root, "ranks"), path, "ranks", 1, MOE_MAX_RANKS, &ranks, err) != 0) goto done;
     if (ranks != P) {
         fail(err, "%s: ranks is %lld, but the job has %d ranks", path, (long long)ranks, P);
         goto done;
     }
-    if (get_int64(field(root, "redundant"), path, "redundant", 0, (int64_t)E * (P - 1), &redundant, err) != 0) goto done;
+    if (get_int64(json_read_member(root, "redundant"), path, "redundant", 0, (int64_t)E * (P - 1), &redundant, err) != 0) goto done;
     llamoe_err e;
     if (placement_table_alloc(t, L, E, E + (int)redundant, P, &e) != 0) {
         fail(err, "%s: %s", path, e.msg);
@@ -135,7 +120,7 @@ int placement_read(const char *path, const llama_config *c, int E, int P, placem
     }
     expert_placement blocks;
     CHECK(placement_init(&blocks, t->n_physical, P, NULL) == 0);
-    if (!(layers = get_array(field(root, "slots"), path, "slots", (size_t)L, err))) goto done;
+    if (!(layers = get_array(json_read_member(root, "slots"), path, "slots", (size_t)L, err))) goto done;
     for (int l = 0; l < L; l++) {
         snprintf(what, sizeof what, "slots[%d]", l);
         json_object *per_rank = get_array(json_object_array_get_idx(layers, (size_t)l), path, what, (size_t)P, err);

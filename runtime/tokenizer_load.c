@@ -3,8 +3,8 @@
 // per section, each Sequence flattened into consecutive steps; then loading and freeing the whole.
 // Every error names the file and the field (docs/tokenizer.md lists what is supported).
 #include "runtime/tokenizer_internal.h"
+#include "runtime/json_read.h"
 
-#include <json-c/json.h>
 
 #define TOKENIZER_MAX_FILE_BYTES ((size_t)1 << 30)
 #define TOKENIZER_MAX_ID ((int64_t)1 << 24)   // larger ids in a file are an error, not an allocation
@@ -12,15 +12,8 @@
 // ---------------------------------------------------------------------------- loading: helpers
 typedef struct { const char *path; llamoe_err *err; } loader;
 
-// Object member, NULL when absent or JSON null.
-static json_object *member(json_object *o, const char *key) {
-    json_object *v = NULL;
-    if (!o || !json_object_is_type(o, json_type_object) || !json_object_object_get_ex(o, key, &v)) return NULL;
-    return v;
-}
-
 static int get_string(loader *L, json_object *o, const char *where, const char *key, const char **s, size_t *n) {
-    json_object *v = member(o, key);
+    json_object *v = json_read_member(o, key);
     if (!v) return fail(L->err, "%s: %s.%s: missing", L->path, where, key);
     if (!json_object_is_type(v, json_type_string)) return fail(L->err, "%s: %s.%s: expected a string", L->path, where, key);
     *s = json_object_get_string(v);
@@ -30,7 +23,7 @@ static int get_string(loader *L, json_object *o, const char *where, const char *
 
 // Optional boolean: def when absent.
 static int get_bool(loader *L, json_object *o, const char *where, const char *key, bool def, bool *out) {
-    json_object *v = member(o, key);
+    json_object *v = json_read_member(o, key);
     if (!v) { *out = def; return 0; }
     if (!json_object_is_type(v, json_type_boolean)) return fail(L->err, "%s: %s.%s: expected true or false", L->path, where, key);
     *out = json_object_get_boolean(v);
@@ -38,7 +31,7 @@ static int get_bool(loader *L, json_object *o, const char *where, const char *ke
 }
 
 static int get_int(loader *L, json_object *o, const char *where, const char *key, int64_t def, int64_t *out) {
-    json_object *v = member(o, key);
+    json_object *v = json_read_member(o, key);
     if (!v) { *out = def; return 0; }
     if (!json_object_is_type(v, json_type_int)) return fail(L->err, "%s: %s.%s: expected an integer", L->path, where, key);
     *out = json_object_get_int64(v);
@@ -46,16 +39,16 @@ static int get_int(loader *L, json_object *o, const char *where, const char *key
 }
 
 static const char *type_of(json_object *o) {
-    json_object *t = member(o, "type");
+    json_object *t = json_read_member(o, "type");
     return t && json_object_is_type(t, json_type_string) ? json_object_get_string(t) : NULL;
 }
 
 // Replace patterns are {"String": s}; {"Regex": r} is not supported (no file we target uses it).
 static int get_pattern(loader *L, json_object *o, const char *where, const char **s, size_t *n) {
-    json_object *p = member(o, "pattern");
+    json_object *p = json_read_member(o, "pattern");
     if (!p || !json_object_is_type(p, json_type_object)) return fail(L->err, "%s: %s.pattern: missing", L->path, where);
-    if (member(p, "String")) return get_string(L, p, where, "String", s, n);
-    if (member(p, "Regex")) return fail(L->err, "%s: %s.pattern: Regex patterns are unsupported here", L->path, where);
+    if (json_read_member(p, "String")) return get_string(L, p, where, "String", s, n);
+    if (json_read_member(p, "Regex")) return fail(L->err, "%s: %s.pattern: Regex patterns are unsupported here", L->path, where);
     return fail(L->err, "%s: %s.pattern: expected String or Regex", L->path, where);
 }
 
@@ -148,14 +141,14 @@ static int load_merges(loader *L, tokenizer *t, json_object *merges) {
 }
 
 static int load_model(loader *L, tokenizer *t, json_object *root, json_object *added) {
-    json_object *model = member(root, "model");
+    json_object *model = json_read_member(root, "model");
     if (!model || !json_object_is_type(model, json_type_object)) return fail(L->err, "%s: model: missing", L->path);
     const char *type = type_of(model);
     if (!type) return fail(L->err, "%s: model.type: missing", L->path);
     if (strcmp(type, "BPE")) return fail(L->err, "%s: model.type: unsupported model type \"%s\" (only BPE)", L->path, type);
-    if (member(model, "continuing_subword_prefix") || member(model, "end_of_word_suffix"))
+    if (json_read_member(model, "continuing_subword_prefix") || json_read_member(model, "end_of_word_suffix"))
         return fail(L->err, "%s: model: continuing_subword_prefix / end_of_word_suffix are unsupported", L->path);
-    json_object *dropout = member(model, "dropout");
+    json_object *dropout = json_read_member(model, "dropout");
     if (dropout && json_object_get_double(dropout) > 0)
         return fail(L->err, "%s: model.dropout: BPE dropout is unsupported", L->path);
     if (get_bool(L, model, "model", "ignore_merges", false, &t->ignore_merges) ||
@@ -163,7 +156,7 @@ static int load_model(loader *L, tokenizer *t, json_object *root, json_object *a
         get_bool(L, model, "model", "fuse_unk", false, &t->fuse_unk)) return -1;
 
     // The vocab: ids decide the size of the id -> piece table, so check them before allocating.
-    json_object *vocab = member(model, "vocab");
+    json_object *vocab = json_read_member(model, "vocab");
     if (!vocab || !json_object_is_type(vocab, json_type_object)) return fail(L->err, "%s: model.vocab: missing or not an object", L->path);
     int64_t max_id = -1;
     json_object_object_foreach(vocab, key0, val0) {
@@ -214,13 +207,13 @@ static int load_model(loader *L, tokenizer *t, json_object *root, json_object *a
         t->byte_id[b] = strmap_get(&t->vocab, name, 6);
     }
     t->unk_id = -1;
-    json_object *unk = member(model, "unk_token");
+    json_object *unk = json_read_member(model, "unk_token");
     if (unk) {
         if (!json_object_is_type(unk, json_type_string)) return fail(L->err, "%s: model.unk_token: expected a string", L->path);
         t->unk_id = strmap_get(&t->vocab, json_object_get_string(unk), (size_t)json_object_get_string_len(unk));
         if (t->unk_id < 0) return fail(L->err, "%s: model.unk_token: \"%s\" is not in the vocab", L->path, json_object_get_string(unk));
     }
-    return load_merges(L, t, member(model, "merges"));
+    return load_merges(L, t, json_read_member(model, "merges"));
 }
 
 // ---------------------------------------------------------------------------- loading: added tokens
@@ -243,7 +236,7 @@ static int load_added(loader *L, tokenizer *t, json_object *added) {
         const char *s = "";
         size_t len = 0;
         int64_t id = -1;
-        bool special, lstrip, rstrip, single_word;
+        bool special = false, lstrip = false, rstrip = false, single_word = false;
         if (get_string(L, a, where, "content", &s, &len) || get_int(L, a, where, "id", -1, &id) ||
             get_bool(L, a, where, "special", false, &special) || get_bool(L, a, where, "lstrip", false, &lstrip) ||
             get_bool(L, a, where, "rstrip", false, &rstrip) || get_bool(L, a, where, "single_word", false, &single_word))
@@ -270,7 +263,7 @@ static int load_normalizer(loader *L, tokenizer *t, json_object *o, const char *
     const char *type = type_of(o);
     if (!type) return fail(L->err, "%s: %s.type: missing", L->path, where);
     if (!strcmp(type, "Sequence")) {
-        json_object *list = member(o, "normalizers");
+        json_object *list = json_read_member(o, "normalizers");
         if (!list || !json_object_is_type(list, json_type_array)) return fail(L->err, "%s: %s.normalizers: missing", L->path, where);
         for (size_t i = 0; i < json_object_array_length(list); i++) {
             char sub[128];
@@ -280,8 +273,8 @@ static int load_normalizer(loader *L, tokenizer *t, json_object *o, const char *
         return 0;
     }
     norm_step st = {0};
-    const char *a, *b = "";
-    size_t na, nb = 0;
+    const char *a = "", *b = "";
+    size_t na = 0, nb = 0;
     if (!strcmp(type, "Prepend")) {
         st.kind = NORM_PREPEND;
         if (get_string(L, o, where, "prepend", &a, &na)) return -1;
@@ -316,7 +309,7 @@ static int load_metaspace(loader *L, json_object *o, const char *where, char *re
     if (n == 0 || n > 4 || utf8_len(r, n) != n) return fail(L->err, "%s: %s.replacement: expected one character", L->path, where);
     memcpy(repl, r, n);
     *repl_len = n;
-    json_object *scheme = member(o, "prepend_scheme");
+    json_object *scheme = json_read_member(o, "prepend_scheme");
     if (scheme) {
         const char *s = json_object_get_string(scheme);
         if (!strcmp(s, "always")) *ps = PREPEND_ALWAYS;
@@ -324,7 +317,7 @@ static int load_metaspace(loader *L, json_object *o, const char *where, char *re
         else if (!strcmp(s, "never")) *ps = PREPEND_NEVER;
         else return fail(L->err, "%s: %s.prepend_scheme: unknown value \"%s\"", L->path, where, s);
     } else {   // older files: add_prefix_space
-        bool aps;
+        bool aps = false;
         if (get_bool(L, o, where, "add_prefix_space", true, &aps)) return -1;
         *ps = aps ? PREPEND_ALWAYS : PREPEND_NEVER;
     }
@@ -337,7 +330,7 @@ static int load_pre_tokenizer(loader *L, tokenizer *t, json_object *o, const cha
     if (!type) return fail(L->err, "%s: %s.type: missing", L->path, where);
     pre_step st = {0};
     if (!strcmp(type, "Sequence")) {
-        json_object *list = member(o, "pretokenizers");
+        json_object *list = json_read_member(o, "pretokenizers");
         if (!list || !json_object_is_type(list, json_type_array)) return fail(L->err, "%s: %s.pretokenizers: missing", L->path, where);
         for (size_t i = 0; i < json_object_array_length(list); i++) {
             char sub[128];
@@ -347,7 +340,7 @@ static int load_pre_tokenizer(loader *L, tokenizer *t, json_object *o, const cha
         return 0;
     } else if (!strcmp(type, "Split")) {
         st.kind = PRE_SPLIT;
-        json_object *p = member(o, "pattern");
+        json_object *p = json_read_member(o, "pattern");
         const char *s = "", *behavior = "";
         size_t n = 0, nb = 0;
         bool invert = false;
@@ -355,10 +348,10 @@ static int load_pre_tokenizer(loader *L, tokenizer *t, json_object *o, const cha
         if (!strcmp(behavior, "Removed")) st.removed = true;
         else if (strcmp(behavior, "Isolated")) return fail(L->err, "%s: %s.behavior: unsupported split behavior %s", L->path, where, behavior);
         if (invert) return fail(L->err, "%s: %s.invert: true is unsupported", L->path, where);
-        if (p && member(p, "Regex")) {
+        if (p && json_read_member(p, "Regex")) {
             if (get_string(L, p, where, "Regex", &s, &n)) return -1;
             if (!(st.re = compile_regex(L, where, s, n))) return -1;
-        } else if (p && member(p, "String")) {   // a literal: quote it for PCRE2
+        } else if (p && json_read_member(p, "String")) {   // a literal: quote it for PCRE2
             if (get_string(L, p, where, "String", &s, &n)) return -1;
             bytes q = {0};
             bytes_put(&q, "\\Q", 2); bytes_put(&q, s, n); bytes_put(&q, "\\E", 2);
@@ -370,7 +363,7 @@ static int load_pre_tokenizer(loader *L, tokenizer *t, json_object *o, const cha
         }
     } else if (!strcmp(type, "ByteLevel")) {
         st.kind = PRE_BYTELEVEL;
-        bool use_regex;
+        bool use_regex = false;
         if (get_bool(L, o, where, "add_prefix_space", false, &st.add_prefix_space) ||
             get_bool(L, o, where, "use_regex", true, &use_regex)) return -1;
         if (use_regex && !(st.re = compile_regex(L, where, GPT2_REGEX, sizeof GPT2_REGEX - 1))) return -1;
@@ -390,7 +383,7 @@ static int load_decoder(loader *L, tokenizer *t, json_object *o, const char *whe
     if (!type) return fail(L->err, "%s: %s.type: missing", L->path, where);
     t->has_decoder = true;
     if (!strcmp(type, "Sequence")) {
-        json_object *list = member(o, "decoders");
+        json_object *list = json_read_member(o, "decoders");
         if (!list || !json_object_is_type(list, json_type_array)) return fail(L->err, "%s: %s.decoders: missing", L->path, where);
         for (size_t i = 0; i < json_object_array_length(list); i++) {
             char sub[128];
@@ -434,7 +427,7 @@ static int load_decoder(loader *L, tokenizer *t, json_object *o, const char *whe
 
 // TemplateProcessing: only the "single" template matters for one prompt.
 static int load_template(loader *L, tokenizer *t, json_object *o, const char *where) {
-    json_object *single = member(o, "single"), *specials = member(o, "special_tokens");
+    json_object *single = json_read_member(o, "single"), *specials = json_read_member(o, "special_tokens");
     if (!single || !json_object_is_type(single, json_type_array)) return fail(L->err, "%s: %s.single: missing", L->path, where);
     if (t->tmpl_before || t->tmpl_after) return fail(L->err, "%s: %s: more than one TemplateProcessing", L->path, where);
     size_t n = json_object_array_length(single);
@@ -443,7 +436,7 @@ static int load_template(loader *L, tokenizer *t, json_object *o, const char *wh
     bool seen_a = false;
     t->tmpl_before = xmalloc(1); t->tmpl_after = xmalloc(1);
     for (size_t i = 0; i < n; i++) {
-        json_object *item = json_object_array_get_idx(single, i), *sp = member(item, "SpecialToken"), *seq = member(item, "Sequence");
+        json_object *item = json_object_array_get_idx(single, i), *sp = json_read_member(item, "SpecialToken"), *seq = json_read_member(item, "Sequence");
         if (seq) {
             if (seen_a) return fail(L->err, "%s: %s.single: more than one sequence", L->path, where);
             seen_a = true;
@@ -456,7 +449,7 @@ static int load_template(loader *L, tokenizer *t, json_object *o, const char *wh
         snprintf(sub, sizeof sub, "%s.single[%zu].SpecialToken", where, i);
         if (!sp) return fail(L->err, "%s: %s.single[%zu]: expected SpecialToken or Sequence", L->path, where, i);
         if (get_string(L, sp, sub, "id", &name, &nn)) return -1;
-        json_object *def = member(specials, name), *ids = member(def, "ids");
+        json_object *def = json_read_member(specials, name), *ids = json_read_member(def, "ids");
         if (!ids || !json_object_is_type(ids, json_type_array))
             return fail(L->err, "%s: %s.special_tokens: \"%s\" missing or has no ids", L->path, where, name);
         for (size_t k = 0; k < json_object_array_length(ids); k++) {
@@ -477,7 +470,7 @@ static int load_post_processor(loader *L, tokenizer *t, json_object *o, const ch
     const char *type = type_of(o);
     if (!type) return fail(L->err, "%s: %s.type: missing", L->path, where);
     if (!strcmp(type, "Sequence")) {
-        json_object *list = member(o, "processors");
+        json_object *list = json_read_member(o, "processors");
         if (!list || !json_object_is_type(list, json_type_array)) return fail(L->err, "%s: %s.processors: missing", L->path, where);
         for (size_t i = 0; i < json_object_array_length(list); i++) {
             char sub[128];
@@ -493,14 +486,14 @@ static int load_post_processor(loader *L, tokenizer *t, json_object *o, const ch
 
 static int load_json(loader *L, tokenizer *t, json_object *root) {
     if (!json_object_is_type(root, json_type_object)) return fail(L->err, "%s: expected a JSON object", L->path);
-    json_object *added = member(root, "added_tokens");
+    json_object *added = json_read_member(root, "added_tokens");
     if (added && !json_object_is_type(added, json_type_array)) return fail(L->err, "%s: added_tokens: expected an array", L->path);
     init_byte_map(t);
     if (load_model(L, t, root, added) || load_added(L, t, added) ||
-        load_normalizer(L, t, member(root, "normalizer"), "normalizer") ||
-        load_pre_tokenizer(L, t, member(root, "pre_tokenizer"), "pre_tokenizer") ||
-        load_decoder(L, t, member(root, "decoder"), "decoder") ||
-        load_post_processor(L, t, member(root, "post_processor"), "post_processor")) return -1;
+        load_normalizer(L, t, json_read_member(root, "normalizer"), "normalizer") ||
+        load_pre_tokenizer(L, t, json_read_member(root, "pre_tokenizer"), "pre_tokenizer") ||
+        load_decoder(L, t, json_read_member(root, "decoder"), "decoder") ||
+        load_post_processor(L, t, json_read_member(root, "post_processor"), "post_processor")) return -1;
     return 0;
 }
 

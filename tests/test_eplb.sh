@@ -113,7 +113,7 @@ python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["tokens_per_exper
   "$TMP/prof.json" "$TMP/pneg.json"
 bad_case "negative count" "tokens_per_expert\[2\]\[3\] is -5" 1 --moe production:8:2 --placement balanced --load-profile "$TMP/pneg.json"
 printf '{"format": "llamoe-load-profile", "layers": 5' >"$TMP/trunc.json"
-bad_case "truncated profile" "trunc.json: not JSON" 1 --moe production:8:2 --placement balanced --load-profile "$TMP/trunc.json"
+bad_case "truncated profile" "trunc.json: malformed JSON" 1 --moe production:8:2 --placement balanced --load-profile "$TMP/trunc.json"
 python3 - "$TMP/place.json" "$TMP/lost.json" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))

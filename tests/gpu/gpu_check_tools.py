@@ -45,6 +45,13 @@ def max_diff(a, b):
     return max((abs(x - y) for x, y in zip(a, b)), default=0.0) if len(a) == len(b) else float("inf")
 
 
+def write_result(a, out, ok):
+    out["ok"] = ok
+    with open(a.json, "w") as f:
+        json.dump(out, f, indent=1)
+    return 0 if ok else 1
+
+
 def ids_str(ids):
     return ",".join(str(i) for i in ids)
 
@@ -137,9 +144,7 @@ def cmd_expected(a):
             out["runs"].append(r)
             print(f"expected {a.backend:4s} {a.transport:4s} {mode:12s} {case['prompt'][:30]!r:34s} "
                   f"{'ok' if r['match'] else 'MISMATCH ' + str(r.get('first_mismatch', r.get('error', '')))}", flush=True)
-    out["ok"] = ok
-    json.dump(out, open(a.json, "w"), indent=1)
-    return 0 if ok else 1
+    return write_result(a, out, ok)
 
 
 # ---------------------------------------------------------------------------- backends
@@ -169,9 +174,7 @@ def cmd_backends(a):
         out["runs"].append(r)
         print(f"backends cpu vs cuda {mode:12s} ids {'equal' if r.get('ids_equal') else 'DIFFER'} "
               f"max|dlogit| {r.get('max_abs_logit_diff', float('nan')):.3e} {'ok' if r['ok'] else 'FAIL ' + r.get('error', '')}", flush=True)
-    out["ok"] = ok
-    json.dump(out, open(a.json, "w"), indent=1)
-    return 0 if ok else 1
+    return write_result(a, out, ok)
 
 
 # ---------------------------------------------------------------------------- ranks
@@ -202,9 +205,7 @@ def cmd_ranks(a):
         print(f"ranks 1 vs {a.np} ({a.transport}) {mode:12s} ids {'equal' if r.get('ids_equal') else 'DIFFER'} logits "
               f"{'bitwise equal' if r.get('logits_bitwise_equal') else 'max|d| %.3e' % r.get('max_abs_logit_diff', float('nan'))} "
               f"{'ok' if r['ok'] else 'FAIL ' + r.get('error', '')}", flush=True)
-    out["ok"] = ok
-    json.dump(out, open(a.json, "w"), indent=1)
-    return 0 if ok else 1
+    return write_result(a, out, ok)
 
 
 # ---------------------------------------------------------------------------- perf8b
@@ -282,9 +283,7 @@ def cmd_perf8b(a):
             else:
                 print(f"perf8b {mode:12s} prefill {r.get('prefill_tok_s', float('nan')):.0f} tok/s at {a.prefill} tokens "
                       f"{r.get('prefill_error', '')}", flush=True)
-    out["ok"] = ok
-    json.dump(out, open(a.json, "w"), indent=1)
-    return 0 if ok else 1
+    return write_result(a, out, ok)
 
 
 # ---------------------------------------------------------------------------- summary

@@ -23,6 +23,10 @@ static inline uint64_t rng_next(rng_t *r) { return rng_mix(r->state += RNG_GAMMA
 // values one sequential pass would give.
 static inline uint64_t rng_at(uint64_t seed, uint64_t i) { return rng_mix(seed + (i + 1) * RNG_GAMMA); }
 
+// A generator standing at element i of that stream: its rng_next calls return rng_at(seed, i),
+// rng_at(seed, i + 1), ... Filling a run of elements this way saves rng_at's multiply.
+static inline rng_t rng_from(uint64_t seed, uint64_t i) { return (rng_t){seed + i * RNG_GAMMA}; }
+
 // A seed for a sub-stream (layer, expert, ...) derived from a parent seed.
 static inline uint64_t rng_derive(uint64_t seed, uint64_t a, uint64_t b) {
     rng_t r = { seed ^ (a * 0xd1b54a32d192ed03ull) ^ (b * 0x8cb92ba72f3d8dd7ull) };

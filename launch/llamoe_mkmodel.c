@@ -3,13 +3,13 @@
 // --tokenizer also tokenizer.json, tokenizer_config.json and special_tokens_map.json).
 //
 // Values. Element i of a tensor is a pure function of (--seed, the tensor's name, i): the
-// counter-based generator of base/rng.h (rng_at) gives 64 random bits, rng_irwin_hall4 turns
-// them into a bell-shaped integer (the sum of four 16-bit uniforms, centred: Irwin-Hall with
-// 4 terms, mean 0, never beyond 3.46 std, excess kurtosis -0.3), and one float multiply
-// scales it to the tensor's std. So the values do not depend on dtype, sharding, thread
-// count or on which other tensors exist: the same --seed written as F32 --bf16-values and as
-// BF16 --shards 3 holds bit-identical weights, and --threads 1 and --threads 16 write the
-// same bytes.
+// counter-based generator of base/rng.h (rng_at, rng_from) gives 64 random bits,
+// rng_irwin_hall4 turns them into a bell-shaped integer (the sum of four 16-bit uniforms,
+// centred: Irwin-Hall with 4 terms, mean 0, never beyond 3.46 std, excess kurtosis -0.3),
+// and one float multiply scales it to the tensor's std. So the values do not depend on
+// dtype, sharding, thread count or on which other tensors exist: the same --seed written as
+// F32 --bf16-values and as BF16 --shards 3 holds bit-identical weights, and --threads 1 and
+// --threads 16 write the same bytes.
 //
 // Initialisation (chosen so that greedy decoding of a random model is meaningful):
 //   - RMSNorm weights are 1.
@@ -381,9 +381,8 @@ static void assign_shards(mk_tensor *ts, int n, int shards) {
 }
 
 // ---------------------------------------------------------------------------- values
-static inline float value_at(uint64_t seed, size_t i, float scale) {
-    return (float)rng_irwin_hall4(rng_at(seed, i)) * scale;
-}
+// The next value of the tensor's stream: rng_from(seed, i) then n calls give elements i..i+n-1.
+static inline float next_value(rng_t *r, float scale) { return (float)rng_irwin_hall4(rng_next(r)) * scale; }
 
 // Elements [first, first + n) of tensor t in its dtype. One loop per case, so that each
 // compiles to vector code; the float value is the same in every case.
@@ -398,17 +397,17 @@ static void fill_chunk(const mk_tensor *t, size_t first, size_t n, int bf16_valu
         return;
     }
     const float scale = (float)(t->std / RNG_IRWIN_HALL4_STD);
-    const uint64_t seed = t->seed;
+    rng_t r = rng_from(t->seed, first);
     if (dt == DT_BF16)
-        for (size_t i = 0; i < n; i++) h[i] = f32_to_bf16(value_at(seed, first + i, scale));
+        for (size_t i = 0; i < n; i++) h[i] = f32_to_bf16(next_value(&r, scale));
     else if (dt == DT_F32 && !bf16_values)
-        for (size_t i = 0; i < n; i++) f[i] = value_at(seed, first + i, scale);
+        for (size_t i = 0; i < n; i++) f[i] = next_value(&r, scale);
     else if (dt == DT_F32)
-        for (size_t i = 0; i < n; i++) f[i] = bf16_to_f32(f32_to_bf16(value_at(seed, first + i, scale)));
+        for (size_t i = 0; i < n; i++) f[i] = bf16_to_f32(f32_to_bf16(next_value(&r, scale)));
     else if (!bf16_values)
-        for (size_t i = 0; i < n; i++) h[i] = f32_to_f16(value_at(seed, first + i, scale));
+        for (size_t i = 0; i < n; i++) h[i] = f32_to_f16(next_value(&r, scale));
     else
-        for (size_t i = 0; i < n; i++) h[i] = f32_to_f16(bf16_to_f32(f32_to_bf16(value_at(seed, first + i, scale))));
+        for (size_t i = 0; i < n; i++) h[i] = f32_to_f16(bf16_to_f32(f32_to_bf16(next_value(&r, scale))));
 }
 
 // ---------------------------------------------------------------------------- generator threads

@@ -1,4 +1,4 @@
-// base/rng.h: rng_at is the counter-based view of rng_next's stream, the existing draws keep
+// base/rng.h: rng_at and rng_from are counter-based views of rng_next's stream, the existing draws keep
 // their values, and rng_irwin_hall4 has the range and moments its comment promises.
 // Usage: test_rng
 #include "base/common.h"
@@ -28,6 +28,9 @@ int main(void) {
         int same = 1;
         for (uint64_t i = 0; i < 1000; i++) same &= rng_next(&s) == rng_at(seed * 0x1234567ull, i);
         EXPECT(same, "rng_at and rng_next agree for seed %llu", (unsigned long long)seed);
+        rng_t from = rng_from(seed * 0x1234567ull, 500);
+        for (uint64_t i = 500; i < 600; i++) same &= rng_next(&from) == rng_at(seed * 0x1234567ull, i);
+        EXPECT(same, "rng_from(seed, 500) continues at element 500 for seed %llu", (unsigned long long)seed);
     }
 
     // Irwin-Hall(4): the extremes come from all-zero and all-one fields; centred; moments of

@@ -4,7 +4,8 @@
 // The experts and routers are exactly those the runtime builds on the fly (same code, same
 // seeds), so the converted checkpoint gives the same tokens. Identity export: the gate is
 // zero and k = E, so every weight is 1/E; each slice's w2 is scaled by E to compensate (exact
-// for E a power of two, see docs/parity.md) and zero-padded to the widest slice.
+// for E a power of two, see docs/parity.md) and zero-padded to the widest slice. Expert widths
+// are padded to a multiple of 8 (transformers 5 needs 16-byte rows).
 #include <getopt.h>
 #include <json-c/json.h>
 #include <string.h>
@@ -166,7 +167,11 @@ int main(int argc, char **argv) {
     const llama_config *c = &m.cfg;
     int E = mode.n_experts, k = mode.top_k, d = c->hidden_size, I = c->intermediate_size;
     int identity = mode.kind == MOE_IDENTITY;
-    int width = identity ? (I + E - 1) / E : I;   // Mixtral needs one width: pad slices to it
+    // Mixtral needs one width: slices are padded to the widest, and every width to a multiple
+    // of 8 values, since transformers 5 runs experts through torch's grouped_mm, which refuses
+    // rows that are not a multiple of 16 bytes. Zero neurons add exactly zero.
+    int width = identity ? (I + E - 1) / E : I;
+    width = (width + 7) / 8 * 8;
 
     // Every output tensor in order: the non-FFN tensors as they are, then per layer the
     // router and the experts.

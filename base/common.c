@@ -79,8 +79,11 @@ _Noreturn void die(const char *fmt, ...) {
     fflush(stderr);
     for (int i = 0; i < MAX_PENDING; i++)
         if (pending_tmp[i]) unlink(pending_tmp[i]);
-    for (int i = 0; i < MAX_DIE_HOOKS; i++)
-        if (die_hooks[i]) die_hooks[i]();
+    for (int i = 0; i < MAX_DIE_HOOKS; i++) {   // each once, even if it dies itself
+        void (*fn)(void) = die_hooks[i];
+        die_hooks[i] = NULL;
+        if (fn) fn();
+    }
     MARK_DYING();
     if (process_abort) process_abort(1);
     exit(1);

@@ -16,17 +16,17 @@ static char *join(const char *dir, const char *name) {
 }
 
 // Calls fn on every entry of dir but . and ..; 0 if fn returned 0 for all, -1 if dir cannot be
-// read or fn failed somewhere (every entry is still visited).
+// read or fn failed somewhere (every entry is still visited). No allocation of ours: this runs
+// in die(), also when allocation is what failed.
 static int for_each_entry(const char *dir, int (*fn)(const char *path, void *ctx), void *ctx) {
     DIR *d = opendir(dir);
     if (!d) return -1;
     int rc = 0;
     struct dirent *e;
+    char p[8192];
     while ((e = readdir(d))) {
         if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        char *p = join(dir, e->d_name);
-        if (fn(p, ctx) != 0) rc = -1;
-        free(p);
+        if ((size_t)snprintf(p, sizeof p, "%s/%s", dir, e->d_name) >= sizeof p || fn(p, ctx) != 0) rc = -1;
     }
     closedir(d);
     return rc;

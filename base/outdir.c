@@ -1,3 +1,4 @@
+#define _GNU_SOURCE   // sync_file_range
 #include "base/outdir.h"
 
 #include <dirent.h>
@@ -190,4 +191,25 @@ int out_dir_commit(out_dir *d, llamoe_err *err) {
     free(old);
     out_dir_free(d);
     return 0;
+}
+
+// ---------------------------------------------------------------------------- write-behind
+void write_behind_init(write_behind *wb, int fd) {
+    off_t at = lseek(fd, 0, SEEK_CUR);
+    *wb = (write_behind){.fd = fd, .written = at > 0 ? at : 0, .started = at > 0 ? at : 0};
+}
+
+void write_behind_add(write_behind *wb, size_t bytes) {
+    wb->written += (int64_t)bytes;
+    // Failures here only lose the speed-up (a file system without the calls): ignored.
+    while (wb->written - wb->started >= WRITE_BEHIND_WINDOW) {
+        sync_file_range(wb->fd, wb->started, WRITE_BEHIND_WINDOW, SYNC_FILE_RANGE_WRITE);
+        int64_t prev = wb->started - WRITE_BEHIND_WINDOW;
+        if (prev >= 0) {
+            sync_file_range(wb->fd, prev, WRITE_BEHIND_WINDOW,
+                            SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER);
+            posix_fadvise(wb->fd, prev, WRITE_BEHIND_WINDOW, POSIX_FADV_DONTNEED);
+        }
+        wb->started += WRITE_BEHIND_WINDOW;
+    }
 }

@@ -27,3 +27,17 @@ int out_dir_write(const out_dir *d, const char *name, const void *data, size_t l
 int out_dir_commit(out_dir *d, llamoe_err *err);
 // Removes the temporary directory and its files; frees d.
 void out_dir_discard(out_dir *d);
+
+// Write-behind for a large file written sequentially through fd: each time another
+// WRITE_BEHIND_WINDOW bytes are written, the kernel starts writing them out, and the window
+// before is waited for and dropped from the page cache. The file streams to the disk at the
+// disk's pace instead of piling up gigabytes of dirty pages until fsync: far less kernel
+// time (no reclaim of dirty memory), and memory stays free for whatever runs beside. The
+// final fsync is still the caller's; errors surface there.
+#define WRITE_BEHIND_WINDOW ((int64_t)64 << 20)
+typedef struct {
+    int fd;
+    int64_t written, started;   // file offsets: written so far, writeback started up to
+} write_behind;
+void write_behind_init(write_behind *wb, int fd);   // from fd's current offset
+void write_behind_add(write_behind *wb, size_t bytes);   // after writing bytes more

@@ -65,7 +65,7 @@ static void add_matrix(out_tensor **v, int *n, const char *name, dtype_t dt, int
 }
 
 // Streams one tensor into the writer, row by row: source rows/cols beyond the view are zero.
-static int put_tensor(st_writer *w, const out_tensor *t, llamoe_err *err) {
+static int put_tensor(st_writer *w, write_behind *wb, const out_tensor *t, llamoe_err *err) {
     int64_t cols = t->cols ? t->cols : t->rows, rows = t->cols ? t->rows : 1;
     size_t out_row = (size_t)cols * dtype_size(t->dtype);
     uint8_t *buf = xcalloc(1, out_row);
@@ -82,6 +82,7 @@ static int put_tensor(st_writer *w, const out_tensor *t, llamoe_err *err) {
             else ((uint16_t *)buf)[c] = t->dtype == DT_BF16 ? f32_to_bf16(x) : f32_to_f16(x);
         }
         rc = st_writer_put(w, buf, out_row, err);
+        write_behind_add(wb, out_row);
     }
     free(buf);
     free(f);
@@ -234,8 +235,10 @@ int main(int argc, char **argv) {
         st_writer *w = st_writer_open(path, specs, last - first, NULL, &err);
         free(path);
         if (!w) die("%s", err.msg);
+        write_behind wb;   // a converted 8B model is tens of GB: stream it, do not pile it up in memory
+        write_behind_init(&wb, st_writer_fd(w));
         for (int i = first; i < last; i++) {
-            if (put_tensor(w, &ts[i], &err) != 0) { st_writer_close(w, 0, NULL); die("%s", err.msg); }
+            if (put_tensor(w, &wb, &ts[i], &err) != 0) { st_writer_close(w, 0, NULL); die("%s", err.msg); }
             done += ts[i].nbytes;
             if (show)
                 fprintf(stderr, "\rwriting %.2f / %.2f GB (%.0f MB/s)", done / 1e9, total / 1e9,

@@ -42,17 +42,17 @@ if "$eq" "$tmp/seed8" "$tmp/bf16" >/dev/null 2>&1; then bad "seeds 7 and 8 give 
 run_ok again -o "$tmp/f32b" --dtype F32 --bf16-values --seed 7
 cmp -s "$tmp/f32/model.safetensors" "$tmp/f32b/model.safetensors" && ok || bad "not reproducible"
 
-# The thread count changes nothing: tensors of several chunks (the embedding: 2.6M values),
-# 3 shards, 1, 2 and 5 generator threads.
-threads_args="--dtype BF16 --shards 3 --seed 4 --layers 2 --hidden 512 --ffn 640 --heads 8 --vocab 5000"
+# The thread count changes nothing: tensors of many chunks (the embedding: 66M values, 131 MB,
+# a shard of its own, so write-behind runs too), 3 shards, 1 and 3 generator threads.
+threads_args="--dtype BF16 --shards 3 --seed 4 --layers 1 --hidden 512 --ffn 640 --heads 8 --vocab 128256"
 run_ok threads1 -o "$tmp/th1" --threads 1 $threads_args
-run_ok threads2 -o "$tmp/th2" --threads 2 $threads_args
-run_ok threads5 -o "$tmp/th5" --threads 5 $threads_args
+run_ok threads3 -o "$tmp/th3" --threads 3 $threads_args
 same=1
 for f in "$tmp"/th1/*; do
-  cmp -s "$f" "$tmp/th2/$(basename "$f")" && cmp -s "$f" "$tmp/th5/$(basename "$f")" || { same=0; bad "--threads 1/2/5 differ in $(basename "$f")"; }
+  cmp -s "$f" "$tmp/th3/$(basename "$f")" || { same=0; bad "--threads 1 and 3 differ in $(basename "$f")"; }
 done
 [ "$same" = 1 ] && ok
+rm -rf "$tmp/th1" "$tmp/th3"
 
 # The values: every projection has std 1/sqrt(fan_in), the untied embedding 1, the LM head
 # 8/sqrt(hidden), norms 1; means near 0, nothing beyond the bound of 2 sqrt(3) std.

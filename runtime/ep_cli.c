@@ -52,7 +52,8 @@ int ep_parse_args(int argc, char **argv, ep_options *o, llamoe_err *err) {
             if (strcmp(v, "mpi") && strcmp(v, "nccl")) rc = fail(err, "--transport %s: expected mpi or nccl", v);
             o->transport = v;
         } else if (!strcmp(a, "--expert-budget")) {   // MiB; fractions for tiny models
-            rc = arg_positive("--expert-budget (MiB per rank)", v, 1e9, &o->expert_budget_mib, err);
+            if (arg_positive(a, v, 1e9, &o->expert_budget_mib, NULL) != 0)   // the unit and examples say more
+                rc = fail(err, "--expert-budget %s: expected a size in MiB above 0 (per rank), like 512 or 0.5", v);
             o->expert_budget = v;
         } else if (!strcmp(a, "--expert-prefetch")) {
             if (expert_prefetch_parse(v, &o->prefetch) != 0)

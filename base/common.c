@@ -58,6 +58,17 @@ static void pending_remove(const char *tmp) {
         if (pending_tmp[i] == tmp) pending_tmp[i] = NULL;
 }
 
+#define MAX_DIE_HOOKS 4
+static void (*die_hooks[MAX_DIE_HOOKS])(void);
+
+void on_die(void (*fn)(void)) {
+    for (int i = 0; i < MAX_DIE_HOOKS; i++) {
+        if (die_hooks[i] == fn) return;
+        if (!die_hooks[i]) { die_hooks[i] = fn; return; }
+    }
+    CHECK(!"more than MAX_DIE_HOOKS die hooks");
+}
+
 _Noreturn void die(const char *fmt, ...) {
     char line[2 * LLAMOE_ERR_LEN];
     va_list ap;
@@ -68,6 +79,11 @@ _Noreturn void die(const char *fmt, ...) {
     fflush(stderr);
     for (int i = 0; i < MAX_PENDING; i++)
         if (pending_tmp[i]) unlink(pending_tmp[i]);
+    for (int i = 0; i < MAX_DIE_HOOKS; i++) {   // each once, even if it dies itself
+        void (*fn)(void) = die_hooks[i];
+        die_hooks[i] = NULL;
+        if (fn) fn();
+    }
     MARK_DYING();
     if (process_abort) process_abort(1);
     exit(1);

@@ -21,6 +21,9 @@ _Noreturn void die(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 // failing rank stops the others instead of leaving them waiting in a collective.
 typedef void (*abort_fn)(int code);   // must not return (C11 cannot say _Noreturn on a pointer)
 void set_abort_handler(abort_fn fn);
+// Runs fn in die() before the process ends, for output that must not outlive a failure (the
+// temporary of an output directory, base/outdir.c); each runs once. At most 4.
+void on_die(void (*fn)(void));
 // Text put between "llamoe: " and die()'s message, e.g. "rank 2: " under MPI (at most 31 chars).
 void set_error_prefix(const char *prefix);
 

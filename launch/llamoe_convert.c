@@ -4,13 +4,16 @@
 // The experts and routers are exactly those the runtime builds on the fly (same code, same
 // seeds), so the converted checkpoint gives the same tokens. Identity export: the gate is
 // zero and k = E, so every weight is 1/E; each slice's w2 is scaled by E to compensate (exact
-// for E a power of two, see docs/parity.md) and zero-padded to the widest slice.
-#include <errno.h>
+// for E a power of two, see docs/parity.md) and zero-padded to the widest slice. Expert widths
+// are padded to a multiple of 8 (transformers 5 needs 16-byte rows).
+#include <getopt.h>
 #include <json-c/json.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "base/args.h"
+#include "base/outdir.h"
 #include "runtime/model.h"
 
 typedef struct {
@@ -60,7 +63,7 @@ static void add_matrix(out_tensor **v, int *n, const char *name, dtype_t dt, int
 }
 
 // Streams one tensor into the writer, row by row: source rows/cols beyond the view are zero.
-static int put_tensor(st_writer *w, const out_tensor *t, llamoe_err *err) {
+static int put_tensor(st_writer *w, write_behind *wb, const out_tensor *t, llamoe_err *err) {
     int64_t cols = t->cols ? t->cols : t->rows, rows = t->cols ? t->rows : 1;
     size_t out_row = (size_t)cols * dtype_size(t->dtype);
     uint8_t *buf = xcalloc(1, out_row);
@@ -77,72 +80,86 @@ static int put_tensor(st_writer *w, const out_tensor *t, llamoe_err *err) {
             else ((uint16_t *)buf)[c] = t->dtype == DT_BF16 ? f32_to_bf16(x) : f32_to_f16(x);
         }
         rc = st_writer_put(w, buf, out_row, err);
+        write_behind_add(wb, out_row);
     }
     free(buf);
     free(f);
     return rc;
 }
 
-static void write_json(const char *path, json_object *o) {
-    if (json_object_to_file_ext(path, o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE) != 0)
-        die("%s: cannot write: %s", path, json_util_get_last_err());
+static void write_json(const out_dir *d, const char *name, json_object *o) {
+    const char *text = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY | JSON_C_TO_STRING_NOSLASHESCAPE);
+    llamoe_err err;
+    if (out_dir_write(d, name, text, strlen(text), &err) != 0) die("%s", err.msg);
 }
 
-static void copy_file_if_present(const char *from_dir, const char *to_dir, const char *name) {
-    char from[8192], to[8192];   // room for any directory (4096) plus the name: no truncation
+static void copy_file_if_present(const char *from_dir, const out_dir *d, const char *name) {
+    char from[8192];   // room for any directory (4096) plus the name: no truncation
     snprintf(from, sizeof from, "%s/%s", from_dir, name);
-    snprintf(to, sizeof to, "%s/%s", to_dir, name);
     if (!file_exists(from)) return;
     llamoe_err err;
     size_t len;
     char *text = read_text_file(from, 1u << 30, &len, &err);
-    if (!text) die("%s", err.msg);
-    FILE *f = fopen(to, "wb");
-    if (!f || fwrite(text, 1, len, f) != len || fclose(f) != 0) die("%s: cannot write", to);
+    if (!text || out_dir_write(d, name, text, len, &err) != 0) die("%s", err.msg);
     free(text);
 }
 
-// The output is built in a temporary directory and renamed into place at the end; if the
-// program dies on the way, this removes the half-written directory.
-static char tmp_dir_to_remove[4096];
-static void remove_tmp_dir(void) {
-    if (!tmp_dir_to_remove[0]) return;
-    char cmd[4200];
-    snprintf(cmd, sizeof cmd, "rm -rf -- '%s'", tmp_dir_to_remove);
-    if (system(cmd) != 0) fprintf(stderr, "llamoe: could not remove %s\n", tmp_dir_to_remove);
+static void usage(FILE *f) {
+    fprintf(f, "usage: llamoe-convert -m DENSE_DIR --moe MODE -o OUT_DIR [--seed S] [--drop R] [--shard-gb G] [--force]\n"
+               "Writes a Hugging Face Mixtral directory: MODE identity:E, upcycle:E:k or production:E:k; --seed\n"
+               "and --drop (production: fraction of each expert's neurons re-drawn) as llamoe-ep takes them;\n"
+               "shards of at most G GB (default 5). OUT_DIR is built as OUT_DIR.tmp.<pid> and renamed at the\n"
+               "end; an existing OUT_DIR is an error without --force. Tokenizer and generation files are\n"
+               "copied from DENSE_DIR.\n");
+}
+
+typedef struct {
+    const char *in, *out, *mode;
+    uint64_t seed;
+    float drop;
+    double shard_gb;
+    int force;
+} convert_options;
+
+static void parse_args(convert_options *o, int argc, char **argv) {
+    *o = (convert_options){.seed = 1234, .drop = 0.5f, .shard_gb = 5.0};
+    enum { O_MOE = 256, O_SEED, O_DROP, O_SHARD_GB, O_FORCE };
+    static const struct option longs[] = {
+        {"moe", 1, 0, O_MOE}, {"seed", 1, 0, O_SEED}, {"drop", 1, 0, O_DROP}, {"shard-gb", 1, 0, O_SHARD_GB},
+        {"force", 0, 0, O_FORCE}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    llamoe_err err;
+    int c, rc = 0;
+    opterr = 0;
+    while (rc == 0 && (c = getopt_long(argc, argv, ":m:o:h", longs, NULL)) != -1) {
+        switch (c) {
+        case 'm': o->in = optarg; break;
+        case 'o': o->out = optarg; break;
+        case O_MOE: o->mode = optarg; break;
+        case O_SEED: rc = arg_u64("--seed", optarg, 0, UINT64_MAX, &o->seed, &err); break;
+        case O_DROP: rc = arg_float("--drop", optarg, 0.0f, 1.0f, &o->drop, &err); break;
+        case O_SHARD_GB: rc = arg_positive("--shard-gb", optarg, 1e6, &o->shard_gb, &err); break;
+        case O_FORCE: o->force = 1; break;
+        case 'h': usage(stdout); exit(0);
+        default: rc = arg_getopt_error(c, argv, &err); break;
+        }
+    }
+    if (rc != 0) die("%s", err.msg);
+    if (optind < argc) die("%s: unexpected argument (see --help)", argv[optind]);
+    if (!o->in || !o->out || !o->mode) die("-m, --moe and -o are required (see --help)");
 }
 
 int main(int argc, char **argv) {
-    const char *in = NULL, *out = NULL, *mode_str = NULL;
-    uint64_t seed = 1234;
-    float drop = 0.5f;
-    double shard_gb = 5.0;
-    int force = 0;
-    for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--force")) { force = 1; continue; }
-        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
-            printf("usage: llamoe-convert -m DENSE_DIR --moe MODE -o OUT_DIR [--seed S] [--drop R] [--shard-gb G] [--force]\n");
-            return 0;
-        }
-        if (i + 1 >= argc) die("%s: missing value (see --help)", argv[i]);
-        if (!strcmp(argv[i], "-m")) in = argv[++i];
-        else if (!strcmp(argv[i], "-o")) out = argv[++i];
-        else if (!strcmp(argv[i], "--moe")) mode_str = argv[++i];
-        else if (!strcmp(argv[i], "--seed")) seed = strtoull(argv[++i], NULL, 10);
-        else if (!strcmp(argv[i], "--drop")) drop = strtof(argv[++i], NULL);
-        else if (!strcmp(argv[i], "--shard-gb")) shard_gb = strtod(argv[++i], NULL);
-        else die("%s: unknown option (see --help)", argv[i]);
-    }
-    if (!in || !out || !mode_str) die("-m, --moe and -o are required (see --help)");
-    if (!(shard_gb > 0)) die("--shard-gb: must be positive");
+    convert_options opt;
+    parse_args(&opt, argc, argv);
+    const char *in = opt.in, *out = opt.out;
     llamoe_err err;
     moe_mode mode;
-    if (moe_mode_parse(mode_str, &mode, &err) != 0) die("%s", err.msg);
+    if (moe_mode_parse(opt.mode, &mode, &err) != 0) die("%s", err.msg);
     if (mode.kind == MOE_DENSE) die("--moe dense: nothing to convert");
-    mode.seed = seed;
-    mode.drop = drop;
+    mode.seed = opt.seed;
+    mode.drop = opt.drop;
     struct stat sb;
-    if (stat(out, &sb) == 0 && !force) die("%s: already exists (use --force to replace it)", out);
+    if (lstat(out, &sb) == 0 && !opt.force) die("%s: already exists (use --force to replace it)", out);
 
     model m;
     backend *cpu = backend_cpu_new(NULL);
@@ -150,7 +167,11 @@ int main(int argc, char **argv) {
     const llama_config *c = &m.cfg;
     int E = mode.n_experts, k = mode.top_k, d = c->hidden_size, I = c->intermediate_size;
     int identity = mode.kind == MOE_IDENTITY;
-    int width = identity ? (I + E - 1) / E : I;   // Mixtral needs one width: pad slices to it
+    // Mixtral needs one width: slices are padded to the widest, and every width to a multiple
+    // of 8 values, since transformers 5 runs experts through torch's grouped_mm, which refuses
+    // rows that are not a multiple of 16 bytes. Zero neurons add exactly zero.
+    int width = identity ? (I + E - 1) / E : I;
+    width = (width + 7) / 8 * 8;
 
     // Every output tensor in order: the non-FFN tensors as they are, then per layer the
     // router and the experts.
@@ -183,7 +204,7 @@ int main(int argc, char **argv) {
     if (!c->tie_word_embeddings) add_copy(&ts, &n, &m.st, "lm_head.weight");
 
     // Shards of at most shard_gb (a tensor larger than that gets a shard of its own).
-    size_t limit = (size_t)(shard_gb * 1e9), cur = 0, total = 0;
+    size_t limit = (size_t)(opt.shard_gb * 1e9), cur = 0, total = 0;
     int n_shards = 1;
     for (int i = 0; i < n; i++) {
         if (cur > 0 && cur + ts[i].nbytes > limit) { n_shards++; cur = 0; }
@@ -192,12 +213,8 @@ int main(int argc, char **argv) {
         total += ts[i].nbytes;
     }
 
-    char tmp_dir[4096], path[4200];
-    snprintf(tmp_dir, sizeof tmp_dir, "%s.tmp.%d", out, (int)getpid());
-    if (strchr(tmp_dir, '\'')) die("%s: a quote in the output path is not supported", out);
-    if (mkdir(tmp_dir, 0755) != 0) die("%s: cannot create: %s", tmp_dir, strerror(errno));
-    snprintf(tmp_dir_to_remove, sizeof tmp_dir_to_remove, "%s", tmp_dir);
-    atexit(remove_tmp_dir);
+    out_dir dir;
+    if (out_dir_open(&dir, out, opt.force, &err) != 0) die("%s", err.msg);
     int show = isatty(2);
     size_t done = 0;
     double t0 = now_seconds();
@@ -213,11 +230,14 @@ int main(int argc, char **argv) {
             specs[i - first] = (st_write_spec){.name = ts[i].name, .dtype = ts[i].dtype, .ndim = ts[i].cols ? 2 : 1,
                                                .shape = {ts[i].rows, ts[i].cols}};
         }
-        snprintf(path, sizeof path, "%s/%s", tmp_dir, shard_names[s]);
+        char *path = out_dir_file(&dir, shard_names[s]);
         st_writer *w = st_writer_open(path, specs, last - first, NULL, &err);
+        free(path);
         if (!w) die("%s", err.msg);
+        write_behind wb;   // a converted 8B model is tens of GB: stream it, do not pile it up in memory
+        write_behind_init(&wb, st_writer_fd(w));
         for (int i = first; i < last; i++) {
-            if (put_tensor(w, &ts[i], &err) != 0) { st_writer_close(w, 0, NULL); die("%s", err.msg); }
+            if (put_tensor(w, &wb, &ts[i], &err) != 0) { st_writer_close(w, 0, NULL); die("%s", err.msg); }
             done += ts[i].nbytes;
             if (show)
                 fprintf(stderr, "\rwriting %.2f / %.2f GB (%.0f MB/s)", done / 1e9, total / 1e9,
@@ -231,12 +251,13 @@ int main(int argc, char **argv) {
     if (n_shards > 1) {
         const char **names = xcalloc((size_t)n, sizeof(char *)), **shard_of = xcalloc((size_t)n, sizeof(char *));
         for (int i = 0; i < n; i++) { names[i] = ts[i].name; shard_of[i] = shard_names[ts[i].shard]; }
-        if (st_write_index(tmp_dir, names, shard_of, n, total, &err) != 0) die("%s", err.msg);
+        if (st_write_index(dir.tmp, names, shard_of, n, total, &err) != 0) die("%s", err.msg);
         free(names);
         free(shard_of);
     }
 
     // config.json: the dense config turned into Mixtral's.
+    char path[8192];
     snprintf(path, sizeof path, "%s/config.json", in);
     json_object *cfg = json_object_from_file(path);
     if (!cfg) die("%s: cannot parse", path);
@@ -252,19 +273,13 @@ int main(int argc, char **argv) {
     json_object_object_add(cfg, "sliding_window", NULL);
     char mb[64];
     json_object_object_add(cfg, "llamoe_source_mode", json_object_new_string(moe_mode_str(&mode, mb, sizeof mb)));
-    snprintf(path, sizeof path, "%s/config.json", tmp_dir);
-    write_json(path, cfg);
+    write_json(&dir, "config.json", cfg);
     json_object_put(cfg);
+    // What clients need beside the weights: AutoTokenizer and llama.cpp's converter read the
+    // tokenizer's config and special tokens map, not only tokenizer.json.
     const char *extra[] = {"generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "LICENSE"};
-    for (int i = 0; i < 5; i++) copy_file_if_present(in, tmp_dir, extra[i]);
-
-    if (force && stat(out, &sb) == 0) {
-        char old[4200];
-        snprintf(old, sizeof old, "rm -rf -- '%s'", out);
-        if (strchr(out, '\'') || system(old) != 0) die("%s: cannot replace", out);
-    }
-    if (rename(tmp_dir, out) != 0) die("%s: cannot rename %s into place: %s", out, tmp_dir, strerror(errno));
-    tmp_dir_to_remove[0] = 0;
+    for (int i = 0; i < 5; i++) copy_file_if_present(in, &dir, extra[i]);
+    if (out_dir_commit(&dir, &err) != 0) die("%s", err.msg);
     fprintf(stderr, "llamoe-convert: %s -> %s (%s, %d shard(s), %.2f GB)\n", in, out, mb, n_shards, total / 1e9);
     for (int s = 0; s < n_shards; s++) free(shard_names[s]);
     free(shard_names);

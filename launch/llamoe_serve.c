@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "base/args.h"
 #include "parallel/comm.h"
 #include "parallel/topology.h"
 #include "runtime/engine.h"
@@ -61,16 +62,6 @@ static void usage(FILE *f) {
         "  -h, --help          this text\n");
 }
 
-static int parse_long(const char *flag, const char *s, long lo, long hi, long *out, llamoe_err *err) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || *end || end == s || v < lo || v > hi)
-        return fail(err, "%s %s: expected an integer in [%ld, %ld]", flag, s, lo, hi);
-    *out = v;
-    return 0;
-}
-
 static int parse_args(int argc, char **argv, serve_options *o, llamoe_err *err) {
     *o = (serve_options){.model_dir = EP_DEFAULT_MODEL, .host = "127.0.0.1", .port = 8080, .kv_slots = 4,
                          .step_tokens = 256, .queue = 64, .max_body = 1 << 20, .drain_s = 5, .drop = 0.5f,
@@ -87,42 +78,29 @@ static int parse_args(int argc, char **argv, serve_options *o, llamoe_err *err) 
         if (!known) return fail(err, "%s: unknown option (see --help)", a);
         if (i + 1 >= argc) return fail(err, "%s: missing value (see --help)", a);
         const char *v = argv[++i];
-        long n = 0;
-        char *end;
+        int rc = 0, max_body = 0;
         if (!strcmp(a, "-m")) o->model_dir = v;
         else if (!strcmp(a, "--moe")) o->moe = v;
         else if (!strcmp(a, "--host")) o->host = v;
         else if (!strcmp(a, "--served-model-name")) {
-            if (!*v) return fail(err, "--served-model-name: empty");
+            if (!*v) rc = fail(err, "--served-model-name: empty");
             o->served_name = v;
-        } else if (!strcmp(a, "--drop")) {
-            o->drop = strtof(v, &end);
-            if (*end || end == v || !(o->drop >= 0 && o->drop <= 1)) return fail(err, "--drop %s: expected a number in [0, 1]", v);
-        } else if (!strcmp(a, "--drain")) {
-            o->drain_s = strtod(v, &end);
-            if (*end || end == v || !(o->drain_s >= 0 && o->drain_s <= 86400))
-                return fail(err, "--drain %s: expected seconds in [0, 86400]", v);
-        } else if (!strcmp(a, "--seed")) {
-            errno = 0;
-            o->seed = strtoull(v, &end, 10);
-            if (*v < '0' || *v > '9' || errno || *end) return fail(err, "--seed %s: expected an integer in [0, %llu]", v, (unsigned long long)UINT64_MAX);
-        } else if (!strcmp(a, "--bind")) {
-            if (bind_mode_parse(v, &o->bind) != 0) return fail(err, "--bind %s: expected cores or none", v);
-        } else {
-            struct { const char *flag; long lo, hi; } range[] = {{"--port", 0, 65535}, {"--kv-slots", 1, 4096},
-                {"--ctx", 1, 1 << 24}, {"--step-tokens", 1, 1 << 16}, {"--queue", 0, 1 << 20},
-                {"--max-body", 1024, 1L << 30}, {"--threads", 1, 4096}};
-            int j = 0;
-            while (strcmp(range[j].flag, a)) j++;
-            if (parse_long(a, v, range[j].lo, range[j].hi, &n, err) != 0) return -1;
-            if (!strcmp(a, "--port")) o->port = (int)n;
-            else if (!strcmp(a, "--kv-slots")) o->kv_slots = (int)n;
-            else if (!strcmp(a, "--ctx")) o->ctx = (int)n;
-            else if (!strcmp(a, "--step-tokens")) o->step_tokens = (int)n;
-            else if (!strcmp(a, "--queue")) o->queue = (int)n;
-            else if (!strcmp(a, "--max-body")) o->max_body = (size_t)n;
-            else o->threads = (int)n;
+        } else if (!strcmp(a, "--drop")) rc = arg_float(a, v, 0.0f, 1.0f, &o->drop, err);
+        else if (!strcmp(a, "--drain")) rc = arg_double(a, v, 0.0, 86400.0, &o->drain_s, err);
+        else if (!strcmp(a, "--seed")) rc = arg_u64(a, v, 0, UINT64_MAX, &o->seed, err);
+        else if (!strcmp(a, "--bind")) {
+            if (bind_mode_parse(v, &o->bind) != 0) rc = fail(err, "--bind %s: expected cores or none", v);
+        } else if (!strcmp(a, "--port")) rc = arg_int(a, v, 0, 65535, &o->port, err);
+        else if (!strcmp(a, "--kv-slots")) rc = arg_int(a, v, 1, 4096, &o->kv_slots, err);
+        else if (!strcmp(a, "--ctx")) rc = arg_int(a, v, 1, 1 << 24, &o->ctx, err);
+        else if (!strcmp(a, "--step-tokens")) rc = arg_int(a, v, 1, 1 << 16, &o->step_tokens, err);
+        else if (!strcmp(a, "--queue")) rc = arg_int(a, v, 0, 1 << 20, &o->queue, err);
+        else if (!strcmp(a, "--threads")) rc = arg_int(a, v, 1, 4096, &o->threads, err);
+        else if (!strcmp(a, "--max-body")) {
+            rc = arg_int(a, v, 1024, 1 << 30, &max_body, err);
+            o->max_body = (size_t)max_body;
         }
+        if (rc != 0) return -1;
     }
     return 0;
 }

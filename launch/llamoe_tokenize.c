@@ -4,15 +4,16 @@
 //   llamoe-tokenize [-m DIR] --decode ID...          the text
 // DIR holds tokenizer.json (default: the bundled stories260k model). Without --no-special the
 // post-processor adds BOS and special-token strings in TEXT become their ids; with it neither.
+#include "base/args.h"
 #include "runtime/tokenizer.h"
 
-#include <errno.h>
+#include <getopt.h>
 #include <string.h>
 
-static _Noreturn void usage(void) {
-    fprintf(stderr, "usage: llamoe-tokenize [-m DIR] [--no-special] TEXT|-\n"
-                    "       llamoe-tokenize [-m DIR] --decode ID...\n");
-    exit(2);
+static void usage(FILE *f) {
+    fprintf(f, "usage: llamoe-tokenize [-m DIR] [--no-special] TEXT|-\n"
+               "       llamoe-tokenize [-m DIR] --decode ID...\n"
+               "DIR holds tokenizer.json (default: the bundled stories260k model).\n");
 }
 
 static char *read_stdin(size_t *len) {
@@ -31,41 +32,39 @@ static char *read_stdin(size_t *len) {
     return buf;
 }
 
-static int32_t parse_id(const char *s, int vocab_size) {
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || end == s || *end) die("--decode: \"%s\" is not a token id", s);
-    if (v < 0 || v >= vocab_size) die("--decode: token id %lld is out of range (vocab size %d)", v, vocab_size);
-    return (int32_t)v;
-}
-
 int main(int argc, char **argv) {
     const char *dir = LLAMOE_SOURCE_DIR "/models/stories260k";
-    int special = 1, decode = 0, i = 1;
-    for (; i < argc; i++) {
-        if (!strcmp(argv[i], "-m")) {
-            if (++i >= argc) usage();
-            dir = argv[i];
-        } else if (!strcmp(argv[i], "--no-special")) special = 0;
-        else if (!strcmp(argv[i], "--decode")) decode = 1;
-        else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) usage();
-        else if (!strcmp(argv[i], "--")) { i++; break; }
-        else if (argv[i][0] == '-' && argv[i][1] && !decode) die("unknown option %s (try --help)", argv[i]);
-        else break;
+    int special = 1, decode = 0;
+    enum { O_NO_SPECIAL = 256, O_DECODE };
+    static const struct option longs[] = {
+        {"no-special", 0, 0, O_NO_SPECIAL}, {"decode", 0, 0, O_DECODE}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    llamoe_err err;
+    int c;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, ":m:h", longs, NULL)) != -1) {
+        switch (c) {
+        case 'm': dir = optarg; break;
+        case O_NO_SPECIAL: special = 0; break;
+        case O_DECODE: decode = 1; break;
+        case 'h': usage(stdout); return 0;
+        default: arg_getopt_error(c, argv, &err); die("%s", err.msg);
+        }
     }
-    int n_args = argc - i;
-    if (decode ? n_args < 1 : n_args != 1) usage();
+    int i = optind, n_args = argc - optind;
+    if (decode && n_args < 1) die("--decode: expected at least one token id (see --help)");
+    if (!decode && n_args != 1) die("expected one TEXT (- for standard input), got %d arguments (see --help)", n_args);
 
     char path[4096];
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
-    llamoe_err err;
     tokenizer *t = tokenizer_load(path, &err);
     if (!t) die("%s", err.msg);
 
     if (decode) {
         int32_t *ids = xmalloc((size_t)n_args * sizeof *ids);
-        for (int k = 0; k < n_args; k++) ids[k] = parse_id(argv[i + k], tokenizer_vocab_size(t));
+        for (int k = 0, id; k < n_args; k++) {   // ids are in [0, vocab size)
+            if (arg_int("--decode", argv[i + k], 0, tokenizer_vocab_size(t) - 1, &id, &err) != 0) die("%s", err.msg);
+            ids[k] = id;
+        }
         char *text;
         size_t len;
         if (tokenizer_decode(t, ids, n_args, &text, &len, &err)) die("%s", err.msg);

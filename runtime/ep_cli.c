@@ -2,41 +2,13 @@
 // user: every number is range-checked, every count bounded before it sizes an allocation.
 #include "runtime/ep_cli.h"
 
+#include "base/args.h"
+
 #include <ctype.h>
 #include <errno.h>
 #include <string.h>
 
 // ---------------------------------------------------------------------------- command line
-static int parse_int(const char *flag, const char *s, int lo, int hi, int *out, llamoe_err *err) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || *end || end == s || v < lo || v > hi)
-        return fail(err, "%s %s: expected an integer in [%d, %d]", flag, s, lo, hi);
-    *out = (int)v;
-    return 0;
-}
-
-static int parse_float(const char *flag, const char *s, float lo, float hi, float *out, llamoe_err *err) {
-    char *end;
-    float v = strtof(s, &end);
-    if (*end || end == s || !(v >= lo && v <= hi))   // NaN fails the range test too
-        return fail(err, "%s %s: expected a number in [%g, %g]", flag, s, lo, hi);
-    *out = v;
-    return 0;
-}
-
-// strtoull alone accepts "-1" (as 2^64-1), "" and "12abc"; a seed is digits only.
-static int parse_u64(const char *flag, const char *s, uint64_t *out, llamoe_err *err) {
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (!isdigit((unsigned char)*s) || errno || *end)
-        return fail(err, "%s %s: expected an integer in [0, %llu]", flag, s, (unsigned long long)UINT64_MAX);
-    *out = (uint64_t)v;
-    return 0;
-}
-
 int ep_parse_args(int argc, char **argv, ep_options *o, llamoe_err *err) {
     *o = (ep_options){.model_dir = EP_DEFAULT_MODEL, .n_new = 48, .step_tokens = 256, .temp = 0.0f,
                       .top_p = 1.0f, .drop = 0.5f, .seed = 1234, .bind = BIND_CORES,
@@ -64,16 +36,16 @@ int ep_parse_args(int argc, char **argv, ep_options *o, llamoe_err *err) {
         else if (!strcmp(a, "-p")) o->prompt_text = v;
         else if (!strcmp(a, "--ids")) o->prompt_ids = v;
         else if (!strcmp(a, "--prompts")) o->prompts_file = v;
-        else if (!strcmp(a, "-n")) rc = parse_int(a, v, 0, 1 << 24, &o->n_new, err);
-        else if (!strcmp(a, "--temp")) rc = parse_float(a, v, 0.0f, 100.0f, &o->temp, err);
-        else if (!strcmp(a, "--top-p")) rc = parse_float(a, v, 0.0f, 1.0f, &o->top_p, err);
-        else if (!strcmp(a, "--seed")) rc = parse_u64(a, v, &o->seed, err);
+        else if (!strcmp(a, "-n")) rc = arg_int(a, v, 0, 1 << 24, &o->n_new, err);
+        else if (!strcmp(a, "--temp")) rc = arg_float(a, v, 0.0f, 100.0f, &o->temp, err);
+        else if (!strcmp(a, "--top-p")) rc = arg_float(a, v, 0.0f, 1.0f, &o->top_p, err);
+        else if (!strcmp(a, "--seed")) rc = arg_u64(a, v, 0, UINT64_MAX, &o->seed, err);
         else if (!strcmp(a, "--moe")) o->moe = v;
-        else if (!strcmp(a, "--drop")) rc = parse_float(a, v, 0.0f, 1.0f, &o->drop, err);
-        else if (!strcmp(a, "--ctx")) rc = parse_int(a, v, 1, 1 << 24, &o->ctx, err);
-        else if (!strcmp(a, "--step-tokens")) rc = parse_int(a, v, 1, 1 << 16, &o->step_tokens, err);
-        else if (!strcmp(a, "--threads")) rc = parse_int(a, v, 1, 4096, &o->threads, err);
-        else if (!strcmp(a, "--warmup")) rc = parse_int(a, v, 0, 1 << 24, &o->warmup, err);
+        else if (!strcmp(a, "--drop")) rc = arg_float(a, v, 0.0f, 1.0f, &o->drop, err);
+        else if (!strcmp(a, "--ctx")) rc = arg_int(a, v, 1, 1 << 24, &o->ctx, err);
+        else if (!strcmp(a, "--step-tokens")) rc = arg_int(a, v, 1, 1 << 16, &o->step_tokens, err);
+        else if (!strcmp(a, "--threads")) rc = arg_int(a, v, 1, 4096, &o->threads, err);
+        else if (!strcmp(a, "--warmup")) rc = arg_int(a, v, 0, 1 << 24, &o->warmup, err);
         else if (!strcmp(a, "--dump-logits")) o->dump_logits = v;
         else if (!strcmp(a, "--backend")) {
             if (strcmp(v, "cpu") && strcmp(v, "cuda")) rc = fail(err, "--backend %s: expected cpu or cuda", v);
@@ -81,14 +53,10 @@ int ep_parse_args(int argc, char **argv, ep_options *o, llamoe_err *err) {
         } else if (!strcmp(a, "--transport")) {
             if (strcmp(v, "mpi") && strcmp(v, "nccl")) rc = fail(err, "--transport %s: expected mpi or nccl", v);
             o->transport = v;
-        } else if (!strcmp(a, "--expert-budget")) {
-            char *end;
-            errno = 0;
-            double mib = strtod(v, &end);   // MiB; fractions for tiny models
-            if (errno || *end || end == v || !(mib > 0 && mib <= 1e9))
+        } else if (!strcmp(a, "--expert-budget")) {   // MiB; fractions for tiny models
+            if (arg_positive(a, v, 1e9, &o->expert_budget_mib, NULL) != 0)   // the unit and examples say more
                 rc = fail(err, "--expert-budget %s: expected a size in MiB above 0 (per rank), like 512 or 0.5", v);
             o->expert_budget = v;
-            o->expert_budget_mib = mib;
         } else if (!strcmp(a, "--expert-prefetch")) {
             if (expert_prefetch_parse(v, &o->prefetch) != 0)
                 rc = fail(err, "--expert-prefetch %s: expected none, router, prev-layer or prev-token", v);
@@ -97,24 +65,22 @@ int ep_parse_args(int argc, char **argv, ep_options *o, llamoe_err *err) {
         } else if (!strcmp(a, "--expert-madvise")) {
             if (strcmp(v, "on") && strcmp(v, "off")) rc = fail(err, "--expert-madvise %s: expected on or off", v);
             o->expert_madvise = !strcmp(v, "on");
-        }
-        else if (!strcmp(a, "--moe-exchange")) {
+        } else if (!strcmp(a, "--moe-exchange")) {
             if (strcmp(v, "auto") && strcmp(v, "counts") && strcmp(v, "fixed"))
                 rc = fail(err, "--moe-exchange %s: expected auto, counts or fixed", v);
             o->moe_exchange = v;
-        } else if (!strcmp(a, "--moe-capacity")) rc = parse_int(a, v, 1, 1 << 16, &o->moe_capacity, err);
+        } else if (!strcmp(a, "--moe-capacity")) rc = arg_int(a, v, 1, 1 << 16, &o->moe_capacity, err);
         else if (!strcmp(a, "--expert-gemm")) {
             if (strcmp(v, "grouped") && strcmp(v, "loop") && strcmp(v, "gemv"))
                 rc = fail(err, "--expert-gemm %s: expected grouped, loop or gemv", v);
             o->expert_gemm = v;
-        }
-        else if (!strcmp(a, "--placement")) {
+        } else if (!strcmp(a, "--placement")) {
             if (!*v) rc = fail(err, "--placement: expected contiguous, balanced or a placement file");
             o->placement = v;
-        } else if (!strcmp(a, "--redundant-experts")) rc = parse_int(a, v, 0, 1 << 20, &o->redundant_experts, err);
+        } else if (!strcmp(a, "--redundant-experts")) rc = arg_int(a, v, 0, 1 << 20, &o->redundant_experts, err);
         else if (!strcmp(a, "--load-profile")) o->load_profile = v;
         else if (!strcmp(a, "--write-load-profile")) o->write_load_profile = v;
-        else if (!strcmp(a, "--rebalance")) rc = parse_int(a, v, 1, 1 << 24, &o->rebalance, err);
+        else if (!strcmp(a, "--rebalance")) rc = arg_int(a, v, 1, 1 << 24, &o->rebalance, err);
         else if (!strcmp(a, "--bind") && bind_mode_parse(v, &o->bind) != 0)
             rc = fail(err, "--bind %s: expected cores or none", v);
         if (rc != 0) return -1;

@@ -693,6 +693,8 @@ int st_writer_put(st_writer *w, const void *data, size_t nbytes, llamoe_err *err
     return 0;
 }
 
+int st_writer_fd(const st_writer *w) { return w->fd; }
+
 int st_writer_close(st_writer *w, int commit, llamoe_err *err) {
     if (!w) return 0;
     int rc = 0;

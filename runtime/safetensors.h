@@ -73,6 +73,9 @@ st_writer *st_writer_open(const char *path, const st_write_spec *specs, int n,
                           llamoe_err *err);
 int st_writer_put(st_writer *w, const void *data, size_t nbytes, llamoe_err *err);
 int st_writer_close(st_writer *w, int commit, llamoe_err *err);
+// The file descriptor the data goes to (positioned after what was put), for writers that
+// manage its writeback (base/outdir.h's write_behind).
+int st_writer_fd(const st_writer *w);
 
 // Writes DIR/model.safetensors.index.json mapping each tensor name to its shard file,
 // atomically. names[i] lives in shard_of[i] (a file name relative to DIR).

@@ -73,5 +73,31 @@ fi
   { grep -q "cannot be applied to a Mixtral checkpoint" "$TMP/err" && ok "--moe on a Mixtral checkpoint refused" || bad "$(cat "$TMP/err")"; }
 "$B/llamoe-convert" -m "$MODEL" --moe identity:8 -o "$TMP/identity:8" 2>"$TMP/err" && bad "convert overwrote a directory" ||
   { grep -q "already exists" "$TMP/err" && ok "convert refuses to overwrite" || bad "$(cat "$TMP/err")"; }
+# The tokenizer's files travel with the weights (transformers and llama.cpp read all three);
+# --force replaces an earlier output.
+"$B/llamoe-mkmodel" -o "$TMP/tokm" --tokenizer "$MODEL/tokenizer.json" >/dev/null 2>&1 || bad "mkmodel with a tokenizer"
+for run in first again; do
+  "$B/llamoe-convert" -m "$TMP/tokm" --moe upcycle:4:2 -o "$TMP/tokc" --force 2>"$TMP/err" || bad "convert ($run): $(cat "$TMP/err")"
+done
+same=ok
+for f in tokenizer.json tokenizer_config.json special_tokens_map.json generation_config.json; do
+  cmp -s "$TMP/tokm/$f" "$TMP/tokc/$f" || same="$f differs or is missing"
+done
+[ "$same" = ok ] && ok "tokenizer, its config and special tokens map copied" || bad "$same"
+# Bad numbers: one line naming the flag and the value, nothing written.
+bad_args() {   # EXPECTED, then the arguments
+  local want=$1; shift
+  if "$B/llamoe-convert" -m "$MODEL" -o "$TMP/never" "$@" >"$TMP/out" 2>"$TMP/err"; then bad "$*: exited 0"
+  elif [ "$(wc -l <"$TMP/err")" = 1 ] && grep -qF -- "$want" "$TMP/err" && [ ! -e "$TMP/never" ]; then ok "$*: $(cat "$TMP/err")"
+  else bad "$*: $(cat "$TMP/err") (wanted '$want')"; fi
+}
+bad_args "--seed: expected an integer in [0, 18446744073709551615], got '12abc'" --moe upcycle:8:2 --seed 12abc
+bad_args "--seed: expected an integer" --moe upcycle:8:2 --seed -1
+bad_args "--seed: expected an integer" --moe upcycle:8:2 --seed ""
+bad_args "--drop: expected a number in [0, 1], got '1.5x'" --moe production:8:2 --drop 1.5x
+bad_args "--drop: expected a number in [0, 1], got '-0.1'" --moe production:8:2 --drop -0.1
+bad_args "--shard-gb: expected a number in (0, 1e+06], got '0'" --moe upcycle:8:2 --shard-gb 0
+bad_args "--frobnicate: unknown option" --moe upcycle:8:2 --frobnicate
+bad_args "--moe: missing value" --moe
 ls "$TMP" | grep -q '\.tmp\.' && bad "temporary directories left behind" || ok "no temporary directories left"
 finish

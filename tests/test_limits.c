@@ -124,7 +124,7 @@ static void test_cli(void) {
     char *a3[] = {"llamoe-ep", "--step-tokens", "65537", NULL};
     expect_err(ep_parse_args(3, a3, &o, &err), &err, "expected an integer in [1, 65536]", "--step-tokens");
     char *a4[] = {"llamoe-ep", "--seed", "-1", NULL};
-    expect_err(ep_parse_args(3, a4, &o, &err), &err, "--seed -1", "--seed -1");
+    expect_err(ep_parse_args(3, a4, &o, &err), &err, "--seed: expected an integer in [0, 18446744073709551615], got '-1'", "--seed -1");
     char *a5[] = {"llamoe-ep", "--seed", "18446744073709551616", NULL};
     expect_err(ep_parse_args(3, a5, &o, &err), &err, "--seed", "--seed 2^64");
 

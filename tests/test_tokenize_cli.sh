@@ -59,6 +59,14 @@ expect_error "negative id" "$bin" -m "$stories" --decode -- -1
 expect_error "id not a number" "$bin" -m "$stories" --decode 12x
 expect_error "invalid UTF-8" "$bin" -m "$stories" $'ab\xff'
 expect_error "unknown option" "$bin" --frobnicate "hi"
+expect_error "no text" "$bin" -m "$stories"
+expect_error "two texts" "$bin" -m "$stories" a b
+expect_error "missing -m value" "$bin" "hi" -m
+expect_error "--decode without ids" "$bin" --decode
+expect "options after the text" "403 407 261 378" "$bin" "Once upon a time" --no-special -m "$stories"
+expect "id range in the message" "llamoe: --decode: expected an integer in [0, 511], got '512'" \
+    bash -c "'$bin' -m '$stories' --decode 1 512 2>&1; true"
+expect "--help on stdout" "usage: llamoe-tokenize [-m DIR] [--no-special] TEXT|-" bash -c "'$bin' --help | head -1"
 bad=$(mktemp -d)
 printf '{"model": {"type": "Unigram", "vocab": []}}' >"$bad/tokenizer.json"
 expect_error "unsupported model" "$bin" -m "$bad" "hi"

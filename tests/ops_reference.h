@@ -136,13 +136,25 @@ static void ref_expert_ffn(float *out, const float *x, const int64_t *offsets, c
     }
 }
 
-static void ref_combine(float *out, const float *y, const int32_t *row, const float *w, int n, int k, int dim) {
-    for (int t = 0; t < n; t++)
+// The exact combine (docs/design.md): each token's expert outputs summed in ascending expert
+// index, one fma per term from 0, in float. expert[t*k + j] names the expert of entry j; the
+// reference puts the entries in expert order itself, so it does not take the op's order on trust.
+static void ref_combine(float *out, const float *y, const int32_t *row, const float *w, const int32_t *expert,
+                        int n, int k, int dim) {
+    int order[64];
+    CHECK(k <= 64);
+    for (int t = 0; t < n; t++) {
+        for (int j = 0; j < k; j++) order[j] = t * k + j;
+        for (int j = 1; j < k; j++)   // insertion sort by expert index
+            for (int i = j; i > 0 && expert[order[i]] < expert[order[i - 1]]; i--) {
+                int o = order[i]; order[i] = order[i - 1]; order[i - 1] = o;
+            }
         for (int c = 0; c < dim; c++) {
-            double s = 0;
-            for (int j = 0; j < k; j++) s += (double)w[t * k + j] * y[(size_t)row[t * k + j] * dim + c];
-            out[(size_t)t * dim + c] = (float)s;
+            float acc = 0.0f;
+            for (int j = 0; j < k; j++) acc = fmaf(w[order[j]], y[(size_t)row[order[j]] * dim + c], acc);
+            out[(size_t)t * dim + c] = acc;
         }
+    }
 }
 
 static void ref_argmax(int32_t *out, const float *logits, int n, int vocab) {

@@ -89,7 +89,7 @@ static double case_embed(const test_case *c) {
 static double case_rmsnorm(const test_case *c) {
     int n = (int)iparam(c, "n"), dim = (int)iparam(c, "dim");
     size_t nx = (size_t)n * dim;
-    float *x = rand_floats(nx, 3), *w = rand_floats(dim, 1), *want = xmalloc(sizeof(float) * nx);
+    float *x = rand_floats(nx, (float)dparam(c, "scale")), *w = rand_floats(dim, 1), *want = xmalloc(sizeof(float) * nx);
     float *dx = to_be(x, nx * 4), *dw = to_be(w, (size_t)dim * 4), *dy = be->alloc(be, nx * 4);
     be->rmsnorm(be, dy, dx, dw, n, dim, 1e-5f);
     if (ref) ref->rmsnorm(ref, want, x, w, n, dim, 1e-5f);

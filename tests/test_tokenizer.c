@@ -358,6 +358,22 @@ static void test_stories(const char *src) {
     tokenizer_free(t);
 }
 
+// ---------------------------------------------------------------------------- merge priority
+// A hand-made BPE whose answers depend on the merge order: the lowest-ranked pair merges
+// first, wherever it is. "abcd": (b, c) ranks before (a, b), so a bc d; merging by reversed
+// rank or leftmost first would give ab cd.
+static void test_merge_priority(void) {
+    static const char json[] = "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"c\": 2, \"d\": 3, "
+                               "\"ab\": 4, \"bc\": 5, \"cd\": 6}, \"merges\": [\"b c\", \"a b\", \"c d\"]}}";
+    llamoe_err err = {{0}};
+    tokenizer *t = tokenizer_load_mem("merges.json", json, sizeof json - 1, &err);
+    if (!check(t != NULL, "merge priority: load: %s", err.msg)) return;
+    check_encode(t, "merge priority", "abcd", 4, 0, 0, (const int32_t[]){0, 5, 3}, 3);
+    check_encode(t, "merge priority", "dabc", 4, 0, 0, (const int32_t[]){3, 0, 5}, 3);
+    check_encode(t, "merge priority", "cdab", 4, 0, 0, (const int32_t[]){6, 4}, 2);
+    tokenizer_free(t);
+}
+
 // ---------------------------------------------------------------------------- bad files
 
 static void expect_load_error(const char *name, const char *content, size_t len, const char *want) {
@@ -441,6 +457,7 @@ int main(int argc, char **argv) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/test_tokenizer.XXXXXX");
     CHECK(mkdtemp(tmpdir));
     test_stories(src);
+    test_merge_priority();
     test_bad_files(src);
     char buf[1024];
     const char *llama3 = find_llama3(src, buf, sizeof buf);

@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Writes tests/data/llama3_tiny/expected.json: Hugging Face transformers' outputs for the
+committed tiny model (README.md there), the absolute reference of tests/test_llama3_tiny.c.
+
+    python3 tests/data/llama3_tiny/make_expected.py
+
+Needs torch, transformers (>= 4.48: older versions ignore head_dim/rope_scaling of some
+exports; checked below) and tokenizers. For each prompt:
+  - prompt_ids: the text through tokenizer.json with the `tokenizers` library (BOS added);
+  - greedy_ids: N_NEW greedy steps of LlamaForCausalLM in float64 (BF16 weights widened
+    exactly), each step a full forward pass over the whole sequence (no KV cache);
+  - logits: the float64 rows that predict each generated token (row j: after position
+    len(prompt_ids) - 1 + j), 8 significant digits;
+  - the float32 model on the same sequences: its largest difference from float64 and its own
+    greedy ids (recorded; the test's tolerance is derived, not taken from these).
+Also, per text, whether reversing the merge list changes its ids (some texts are chosen so that
+it does). The rope frequencies of this config are in tests/data/rope_llama3.
+"""
+import json
+import math
+import os
+import platform
+import re
+import sys
+
+import torch
+import tokenizers
+import transformers
+from tokenizers import Tokenizer
+from transformers import AutoConfig, LlamaForCausalLM
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+N_NEW = 12
+PROMPTS = [
+    "The miller's daughter counted",
+    "A heron stood on the bridge, looking into the water; the children laughed and",
+    "In 1987 the trucks carried 4096 sacks of flour past the old mill to the city. "
+    "Unexpectedly, the wheel stopped again, and nobody knew why. The baker said",
+    "",   # BOS alone
+]
+
+
+def encode_all(path, texts):
+    tok = Tokenizer.from_file(path)
+    ids = [tok.encode(t, add_special_tokens=True).ids for t in texts]
+    # The same tokenizer with its merge priorities reversed: the texts must tell them apart.
+    with open(path) as f:
+        spec = json.load(f)
+    spec["model"]["merges"] = spec["model"]["merges"][::-1]
+    rev = Tokenizer.from_str(json.dumps(spec))
+    rev_ids = [rev.encode(t, add_special_tokens=True).ids for t in texts]
+    return ids, [a != b for a, b in zip(ids, rev_ids)]
+
+
+def greedy(model, prompt, n_new):
+    seq = list(prompt)
+    rows = []
+    with torch.no_grad():
+        for _ in range(n_new):
+            logits = model(torch.tensor([seq])).logits[0, -1]
+            rows.append(logits)
+            seq.append(int(torch.argmax(logits)))   # first index of the maximum on ties
+    return seq[len(prompt):], rows
+
+
+def main():
+    major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    if (major, minor) < (4, 48):
+        sys.exit("transformers %s: need >= 4.48" % transformers.__version__)
+    torch.manual_seed(0)
+    cfg = AutoConfig.from_pretrained(HERE)
+    rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None)
+    assert rope and rope.get("rope_type") == "llama3" and rope["original_max_position_embeddings"] == 64, rope
+    assert cfg.head_dim == 16 and cfg.num_key_value_heads == 2 and cfg.rms_norm_eps == 1e-3
+    m64 = LlamaForCausalLM.from_pretrained(HERE, dtype=torch.float64, attn_implementation="eager").eval()
+    m32 = LlamaForCausalLM.from_pretrained(HERE, dtype=torch.float32, attn_implementation="eager").eval()
+
+    ids, merge_sensitive = encode_all(os.path.join(HERE, "tokenizer.json"), PROMPTS)
+    assert any(merge_sensitive), "no prompt depends on the merge order"
+    cases, worst32, min_margin, max_abs = [], 0.0, math.inf, 0.0
+    for text, prompt, sensitive in zip(PROMPTS, ids, merge_sensitive):
+        out64, rows64 = greedy(m64, prompt, N_NEW)
+        out32, _ = greedy(m32, prompt, N_NEW)
+        with torch.no_grad():   # float32 on the float64 sequence, row by row as above
+            full = torch.tensor([prompt + out64[:-1]])
+            rows32 = m32(full).logits[0, len(prompt) - 1:]
+        rows = torch.stack(rows64)
+        worst32 = max(worst32, float((rows32.double() - rows).abs().max()))
+        top2 = torch.topk(rows, 2, dim=-1).values
+        min_margin = min(min_margin, float((top2[:, 0] - top2[:, 1]).min()))
+        max_abs = max(max_abs, float(rows.abs().max()))
+        cases.append({
+            "prompt": text,
+            "prompt_ids": prompt,
+            "merge_order_sensitive": sensitive,
+            "greedy_ids": out64,
+            "greedy_ids_float32": out32,
+            "logits": [[float("%.8g" % v) for v in r.tolist()] for r in rows],
+        })
+    doc = {
+        "model": "tests/data/llama3_tiny (synthetic Llama 3-style model, see README.md)",
+        "made_by": "python3 tests/data/llama3_tiny/make_expected.py",
+        "versions": {"transformers": transformers.__version__, "torch": torch.__version__,
+                     "tokenizers": tokenizers.__version__, "python": platform.python_version()},
+        "licence": "Generated by this repository's scripts from its own synthetic model; no third-party "
+                   "data. Same terms as the llamoe sources.",
+        "reference": "LlamaForCausalLM in float64 (attn_implementation eager) on the BF16 weights widened "
+                     "exactly; RoPE angles and cos/sin are float32 in transformers whatever the model dtype",
+        "greedy_note": "greedy_ids: argmax (first index on ties) of each float64 row, one full forward pass "
+                       "per step; generation never stops early (N_NEW tokens)",
+        "logits_note": "row j predicts greedy_ids[j]: the output after position len(prompt_ids) - 1 + j; "
+                       "float64 values rounded to 8 significant digits",
+        "n_new": N_NEW,
+        "float32_vs_float64_max_abs_diff": worst32,
+        "min_top1_margin": min_margin,
+        "max_abs_logit": max_abs,
+        "cases": cases,
+    }
+    # Lists of numbers on one line each (a logits row, a list of ids): readable structure.
+    text = re.sub(r"\[\n\s+(-?[0-9][^\[\]{}\"]*?)\n\s*\]", lambda m: "[" + " ".join(m.group(1).split()) + "]",
+                  json.dumps(doc, indent=1))
+    assert json.loads(text) == doc
+    with open(os.path.join(HERE, "expected.json"), "w") as f:
+        f.write(text + "\n")
+    print("float32 vs float64: max |diff| %.3g; min top-1 margin %.3g; max |logit| %.3g"
+          % (worst32, min_margin, max_abs))
+    for c in cases:
+        print("%-40.40r %3d ids%s, greedy %s%s" % (c["prompt"], len(c["prompt_ids"]),
+              " (merge-order sensitive)" if c["merge_order_sensitive"] else "", c["greedy_ids"],
+              "" if c["greedy_ids"] == c["greedy_ids_float32"] else " (float32 differs)"))
+
+
+if __name__ == "__main__":
+    main()

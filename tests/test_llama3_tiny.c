@@ -80,13 +80,13 @@ static double tolerance(const llama_config *c, int positions, double max_abs_log
     return 8.0 * sqrt(n) * 0x1p-24 * max_abs_logit + 5e-8 * max_abs_logit;
 }
 
-static void run_mode(const char *dir, json_object *cases, const char *mode_str, int step_tokens,
+static void run_mode(backend *be, const char *dir, json_object *cases, const char *mode_str, int step_tokens,
                      double max_abs_logit, int positions, tally *t) {
     llamoe_err err;
     moe_mode mode;
     CHECK(moe_mode_parse(mode_str, &mode, &err) == 0);
     model m;
-    if (model_load(&m, dir, &mode, backend_cpu(), 0, 1, &err) != 0) die("%s", err.msg);
+    if (model_load(&m, dir, &mode, be, 0, 1, &err) != 0) die("%s", err.msg);
     int V = m.cfg.vocab_size;
     double tol = tolerance(&m.cfg, positions, max_abs_logit);
     for (size_t ci = 0; ci < json_object_array_length(cases); ci++) {
@@ -99,7 +99,7 @@ static void run_mode(const char *dir, json_object *cases, const char *mode_str, 
         CHECK(dump);
         sequence q;
         run_state rs;
-        run_state_init(&rs, &m, step_tokens, 1, 512);
+        run_state_init(&rs, &m, &(run_options){.max_tokens = step_tokens, .n_slots = 1, .ctx = 512});
         greedy_generate(&m, &rs, prompt, n_prompt, n_expect, step_tokens, dump, &q);
 
         int ok = q.n_out == n_expect && !memcmp(q.out, expect, (size_t)n_expect * sizeof(int32_t));
@@ -156,13 +156,14 @@ int main(int argc, char **argv) {
            json_object_get_string(get(get(root, "versions"), "torch")),
            json_object_get_double(get(root, "float32_vs_float64_max_abs_diff")),
            json_object_get_double(get(root, "min_top1_margin")));
-    backend_cpu_set_threads(2);
+    backend *be = backend_cpu_new(&(backend_options){.threads = 2});
     tally t = {0, 0};
     check_tokenizer(dir, cases, &t);
     const char *modes[] = {"dense", "identity:4", "upcycle:8:2"};
-    for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) run_mode(dir, cases, modes[i], 128, max_abs_logit, positions, &t);
-    run_mode(dir, cases, "dense", 3, max_abs_logit, positions, &t);   // prompts in chunks of 3 tokens
+    for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) run_mode(be, dir, cases, modes[i], 128, max_abs_logit, positions, &t);
+    run_mode(be, dir, cases, "dense", 3, max_abs_logit, positions, &t);   // prompts in chunks of 3 tokens
     json_object_put(root);
+    backend_free(be);
     printf("llama3_tiny: %d passed, %d failed\n", t.passed, t.failed);
     return t.failed ? 1 : 0;
 }

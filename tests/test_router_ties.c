@@ -28,13 +28,13 @@ static const router_case cases[] = {
 
 int main(int argc, char **argv) {
     (void)argc; (void)argv;
-    const backend *be = backend_cpu();
+    backend *be = backend_cpu_new(&(backend_options){.threads = 1});
     int failed = 0, n = (int)(sizeof cases / sizeof cases[0]);
     for (int c = 0; c < n; c++) {
         const router_case *rc = &cases[c];
         int32_t expert[16];
         float weight[16];
-        be->router_topk(expert, weight, rc->logits, 1, rc->n_experts, rc->k);
+        be->router_topk(be, expert, weight, rc->logits, 1, rc->n_experts, rc->k);
         // The weights: exp(l_e) / sum over the kept ones, in double.
         double z = 0, worst = 0;
         for (int j = 0; j < rc->k; j++) z += exp(rc->logits[rc->want[j]]);
@@ -53,6 +53,7 @@ int main(int argc, char **argv) {
         }
         failed += !ok;
     }
+    backend_free(be);
     printf("router ties: %d cases, %d failed\n", n, failed);
     return failed ? 1 : 0;
 }

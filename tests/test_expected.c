@@ -6,25 +6,15 @@
 //   test_expected SRC_DIR [--backend cuda]
 // On the CUDA backend (fp32 checkpoint, so fp32 GEMMs there too) the tolerance is 1e-3 for
 // the other summation orders; without a GPU that run exits 77, which ctest counts as skipped.
-#include <json-c/json.h>
-#include <math.h>
 #include <string.h>
 
 #include "tests/greedy.h"
+#include "tests/reference_json.h"
 #ifdef LLAMOE_CUDA
 #include "kernels/cuda/backend_cuda.h"
 #endif
 #include "runtime/generate.h"
 
-
-typedef struct { int passed, failed; } tally;
-
-static int json_ids(json_object *a, int32_t *out, int cap) {
-    int n = (int)json_object_array_length(a);
-    CHECK(n <= cap);
-    for (int i = 0; i < n; i++) out[i] = json_object_get_int(json_object_array_get_idx(a, i));
-    return n;
-}
 
 static void run_mode(backend *be, double tol, const char *dir, json_object *cases, const char *mode_str,
                      int step_tokens, tally *t) {
@@ -52,10 +42,7 @@ static void run_mode(backend *be, double tol, const char *dir, json_object *case
         // before n_expect tokens is itself a mismatch.
         greedy_generate(&m, &rs, prompt, n_prompt, n_expect, step_tokens, dump, &q);
 
-        int ok = q.n_out == n_expect && !memcmp(q.out, expect, (size_t)n_expect * sizeof(int32_t));
-        int first_bad = -1;
-        for (int i = 0; i < q.n_out && i < n_expect; i++)
-            if (q.out[i] != expect[i]) { first_bad = i; break; }
+        int first_bad = first_mismatch(q.out, q.n_out, expect, n_expect), ok = first_bad < 0;
         printf("%s %-12s step %-2d %-30.30s greedy %2d/%d %s", be->name, mode_str, step_tokens, ptext[0] ? ptext : "(empty)",
                ok ? n_expect : first_bad, n_expect, ok ? "ok" : "MISMATCH");
         double max_diff = 0;
@@ -65,16 +52,9 @@ static void run_mode(backend *be, double tol, const char *dir, json_object *case
             for (size_t r = 0; r < json_object_array_length(rows); r++) {
                 json_object *row = json_object_array_get_idx(rows, r);
                 int position = json_object_get_int(json_object_object_get(row, "position"));
-                json_object *ref = json_object_object_get(row, "logits");
-                CHECK((int)json_object_array_length(ref) == V);
                 // Row j of the dump predicts the token after position n_prompt - 1 + j.
-                long j = position - (n_prompt - 1);
-                CHECK(j >= 0 && fseek(dump, j * V * (long)sizeof(float), SEEK_SET) == 0);
-                CHECK(fread(got, sizeof(float), (size_t)V, dump) == (size_t)V);
-                for (int i = 0; i < V; i++) {
-                    double dlt = fabs((double)got[i] - json_object_get_double(json_object_array_get_idx(ref, i)));
-                    if (!(dlt <= max_diff)) max_diff = dlt;   // NaN counts as over
-                }
+                max_diff = dump_row_max_diff(dump, position - (n_prompt - 1), V, json_object_object_get(row, "logits"), got,
+                                             max_diff);
             }
             free(got);
             int lok = max_diff <= tol;

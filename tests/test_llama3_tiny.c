@@ -17,21 +17,11 @@
 // and down (ffn); then the final RMSNorm and the LM head (2 hidden). lambda = 8 (a failure
 // probability below 1e-13 per value), u = 2^-24, scaled by the largest |logit| of the
 // reference, plus the 8-significant-digit rounding of the file.
-#include <json-c/json.h>
-#include <math.h>
 #include <string.h>
 
 #include "tests/greedy.h"
+#include "tests/reference_json.h"
 #include "runtime/tokenizer.h"
-
-typedef struct { int passed, failed; } tally;
-
-static int json_ids(json_object *a, int32_t *out, int cap) {
-    int n = (int)json_object_array_length(a);
-    CHECK(n <= cap);
-    for (int i = 0; i < n; i++) out[i] = json_object_get_int(json_object_array_get_idx(a, i));
-    return n;
-}
 
 static json_object *get(json_object *o, const char *key) {
     json_object *v;
@@ -102,25 +92,14 @@ static void run_mode(backend *be, const char *dir, json_object *cases, const cha
         run_state_init(&rs, &m, &(run_options){.max_tokens = step_tokens, .n_slots = 1, .ctx = 512});
         greedy_generate(&m, &rs, prompt, n_prompt, n_expect, step_tokens, dump, &q);
 
-        int ok = q.n_out == n_expect && !memcmp(q.out, expect, (size_t)n_expect * sizeof(int32_t));
-        int first_bad = -1;
-        for (int i = 0; i < q.n_out && i < n_expect; i++)
-            if (q.out[i] != expect[i]) { first_bad = i; break; }
+        int first_bad = first_mismatch(q.out, q.n_out, expect, n_expect), ok = first_bad < 0;
         // Row j of the dump predicts greedy_ids[j], as row j of the reference does.
         json_object *rows = get(cs, "logits");
         CHECK((int)json_object_array_length(rows) == n_expect);
         float *got = xmalloc((size_t)V * sizeof(float));
         double max_diff = 0;
-        rewind(dump);
-        for (int r = 0; r < q.n_out; r++) {
-            json_object *ref = json_object_array_get_idx(rows, (size_t)r);
-            CHECK((int)json_object_array_length(ref) == V);
-            CHECK(fread(got, sizeof(float), (size_t)V, dump) == (size_t)V);
-            for (int i = 0; i < V; i++) {
-                double d = fabs((double)got[i] - json_object_get_double(json_object_array_get_idx(ref, i)));
-                if (!(d <= max_diff)) max_diff = d;   // NaN counts as over
-            }
-        }
+        for (int r = 0; r < q.n_out; r++)
+            max_diff = dump_row_max_diff(dump, r, V, json_object_array_get_idx(rows, (size_t)r), got, max_diff);
         free(got);
         ok = ok && max_diff <= tol;
         printf("%-12s step %-2d %-30.30s greedy %2d/%d  logits max |diff| %.2e (tol %.2e) %s\n", mode_str, step_tokens,

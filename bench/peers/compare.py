@@ -10,7 +10,8 @@ interleaved on the same cores:
   read bandwidth   bench_ops --read-bandwidth (a plain read of 2 GiB: the decode bound)
   llama.cpp        llama-bench -p 512 -n 32 -t THREADS
   llamoe           llamoe-ep: 32 greedy tokens after a short prompt (decode), and a
-                   512-token prompt in one step (prefill), --threads THREADS
+                   512-token prompt in one step (prefill), --threads THREADS; the dense
+                   model with --moe dense, the Mixtral one with its own experts
 
 and prints a markdown table of the medians with the ratios (llamoe / llama.cpp, the median
 of the per-round ratios), writing OUT/peers.json, OUT/peers.csv and OUT/peers.md. Builds
@@ -96,8 +97,8 @@ def llama_bench_cpu(bench, gguf, threads):
     return r
 
 
-def llamoe_cpu(ep, model, threads, decode_ids, prefill_ids):
-    base = [ep, "-m", model, "--threads", str(threads), "--json"]
+def llamoe_cpu(ep, model, moe, threads, decode_ids, prefill_ids):
+    base = [ep, "-m", model, "--threads", str(threads), "--json"] + moe
     _, p0 = cpu_run(base + ["--ids", prefill_ids, "-n", "1", "--step-tokens", "512"])
     _, p1 = cpu_run(base + ["--ids", prefill_ids, "-n", "1", "--step-tokens", "512", "--warmup", "1"])
     _, d32 = cpu_run(base + ["--ids", decode_ids, "-n", "32"])
@@ -115,8 +116,8 @@ def llama_bench(bench, gguf, threads):
     return r
 
 
-def llamoe(ep, model, threads, decode_ids, prefill_ids):
-    base = [ep, "-m", model, "--threads", str(threads), "--json"]
+def llamoe(ep, model, moe, threads, decode_ids, prefill_ids):
+    base = [ep, "-m", model, "--threads", str(threads), "--json"] + moe
     dec = json.loads(run(base + ["--ids", decode_ids, "-n", "32", "--warmup", "2"]))
     pre = json.loads(run(base + ["--ids", prefill_ids, "-n", "1", "--step-tokens", "512", "--warmup", "1"]))
     return {"decode": dec["timings"]["decode_tok_s"], "prefill": pre["timings"]["prefill_tok_s"]}
@@ -163,7 +164,10 @@ def main():
             sys.exit(f"compare: {p}: not an executable")
     converter = find_converter(a.llama_cpp, a.llama_src)
     os.makedirs(a.out, exist_ok=True)
+    # llamoe-ep runs a dense checkpoint as upcycle:8:2 unless told otherwise (twice the FFN
+    # work): the dense row asks for the dense model, the Mixtral row runs its own experts.
     models = [("dense", a.model)] + ([("moe", a.moe_model)] if a.moe_model else [])
+    llamoe_moe = {"dense": ["--moe", "dense"], "moe": []}
     ggufs = {}
     for name, d in models:
         ggufs[name] = os.path.join(a.out, os.path.basename(os.path.normpath(d)) + "-bf16.gguf")
@@ -182,7 +186,7 @@ def main():
             for who in order:
                 lb, lm = (llama_bench_cpu, llamoe_cpu) if a.clock == "cpu" else (llama_bench, llamoe)
                 res = lb(bench, ggufs[name], a.threads) if who == "llama.cpp" else \
-                    lm(ep if who == "llamoe" else base_ep, d, a.threads, decode_ids, prefill_ids)
+                    lm(ep if who == "llamoe" else base_ep, d, llamoe_moe[name], a.threads, decode_ids, prefill_ids)
                 for k, v in res.items():
                     row[f"{name}_{who}_{k}"] = v
         row["load_after"] = uptime()
@@ -194,7 +198,7 @@ def main():
     span = lambda key: (min(x[key] for x in rounds), max(x[key] for x in rounds))
     table = []
     for name, d in models:
-        entry = {"model": name, "path": d, "decode_bytes": decode_bytes(d)}
+        entry = {"model": name, "path": d, "llamoe_args": llamoe_moe[name], "decode_bytes": decode_bytes(d)}
         for k in ("decode", "prefill"):
             lc, lm = f"{name}_llama.cpp_{k}", f"{name}_llamoe_{k}"
             entry[k] = {"llama.cpp": med(lc), "llama.cpp_range": span(lc), "llamoe": med(lm), "llamoe_range": span(lm),

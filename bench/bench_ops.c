@@ -1,5 +1,6 @@
 // CPU backend kernel benchmark: matmul at Llama 3.1 8B shapes (decode n = 1, prefill n = 64
-// and 512) and decode attention at several context lengths, for 1 and 2 threads.
+// and 512), decode attention at several context lengths and a 512-token prompt's attention,
+// for 1 and 2 threads.
 // Fixed columns like nccl-tests; GFLOP/s and GB/s come from the best time; `wrong` counts output elements that differ from the
 // 1-thread run (the kernels are deterministic, so it must be 0).
 //   bench_ops [--full] [--threads 1,2] [--json FILE]
@@ -9,7 +10,7 @@
 //                             figure is a peak on AVX-512 builds only)
 //   --cpu-time                time kernels by CPU time / threads (for a machine shared with other jobs)
 // The default set stays under a minute on 2 cores; --full adds prefill n = 512 on the
-// 14336-wide shapes and F32 prefill.
+// 14336-wide shapes, F32 prefill and a 2048-token prompt's attention.
 #include "kernels/backend.h"
 
 #include <math.h>
@@ -133,19 +134,25 @@ static void bench_matmul(int64_t rows, int64_t cols, dtype_t dt, const int *ns, 
 }
 
 // ---------------------------------------------------------------------------- attention
-// Decode: one token of each of `n` sequences at position ctx - 1, Llama 3.1 8B heads.
+// Decode (prefill = 0): one token of each of `n` sequences at position ctx - 1. Prefill: one
+// sequence's n = ctx tokens at positions 0..ctx-1 (causal). Llama 3.1 8B heads.
 typedef struct { backend *be; float *out; const float *q, *k, *v; const int32_t *slot, *pos; int n; int64_t stride; } att_args;
 static void run_attention(void *p) {
     att_args *a = p;
     a->be->attention(a->be, a->out, a->q, a->k, a->v, a->slot, a->pos, a->n, 32, 8, 128, a->stride);
 }
 
-static void bench_attention(int ctx, int n, const int *threads, int n_threads) {
-    int64_t kv_dim = 8 * 128, stride = (int64_t)ctx * kv_dim;
-    float *k = make_floats((size_t)n * stride), *v = make_floats((size_t)n * stride), *q = make_floats((size_t)n * 4096);
+static void bench_attention(int ctx, int n, int prefill, const int *threads, int n_threads) {
+    int64_t kv_dim = 8 * 128, stride = (int64_t)ctx * kv_dim, seqs = prefill ? 1 : n;
+    float *k = make_floats((size_t)seqs * stride), *v = make_floats((size_t)seqs * stride), *q = make_floats((size_t)n * 4096);
     float *out = xmalloc(sizeof(float) * n * 4096), *first = xmalloc(sizeof(float) * n * 4096);
-    int32_t slot[64], pos[64];
-    for (int i = 0; i < n; i++) { slot[i] = i; pos[i] = ctx - 1; }
+    int32_t *slot = xmalloc(sizeof(int32_t) * n), *pos = xmalloc(sizeof(int32_t) * n);
+    double positions = 0;   // (token, position) pairs: each one q.k and one p.v per head
+    for (int i = 0; i < n; i++) {
+        slot[i] = prefill ? 0 : i;
+        pos[i] = prefill ? i : ctx - 1;
+        positions += pos[i] + 1;
+    }
     for (int j = 0; j < n_threads; j++) {
         backend *be = backend_cpu_new(&(backend_options){.threads = threads[j]});
         att_args a = {be, out, q, k, v, slot, pos, n, stride};
@@ -156,15 +163,15 @@ static void bench_attention(int ctx, int n, const int *threads, int n_threads) {
         double mean, s = time_it(run_attention, &a, 0.3, &r.iters, &mean);
         r.mean_ms = mean * 1e3;
         r.ms = s * 1e3;
-        r.gflops = 4.0 * 32 * 128 * (double)ctx * n / s * 1e-9;   // q.k and p.v
-        r.gbps = 2.0 * 4 * (double)ctx * kv_dim * n / s * 1e-9;    // K and V read once
+        r.gflops = 4.0 * 32 * 128 * positions / s * 1e-9;
+        r.gbps = 2.0 * 4 * (double)ctx * kv_dim * seqs / s * 1e-9;   // K and V read once
         if (j == 0) memcpy(first, out, sizeof(float) * n * 4096);
         r.wrong = count_wrong(first, out, (size_t)n * 4096);
         print_result(&r);
         results[n_results++] = r;
         backend_free(be);
     }
-    free(k); free(v); free(q); free(out); free(first);
+    free(k); free(v); free(q); free(out); free(first); free(slot); free(pos);
 }
 
 // ---------------------------------------------------------------------------- read bandwidth
@@ -366,7 +373,9 @@ int main(int argc, char **argv) {
         else bench_matmul(shapes[s][0], shapes[s][1], DT_F32, decode, 1, threads, n_threads);
     }
     const int ctxs[] = {128, 1024, 4096};
-    for (int c = 0; c < 3 && !(only && strcmp(only, "attention")); c++) bench_attention(ctxs[c], 1, threads, n_threads);
+    for (int c = 0; c < 3 && !(only && strcmp(only, "attention")); c++) bench_attention(ctxs[c], 1, 0, threads, n_threads);
+    if (!(only && strcmp(only, "attention"))) bench_attention(512, 512, 1, threads, n_threads);   // a prompt in one step
+    if (full) bench_attention(2048, 2048, 1, threads, n_threads);
     if (json) write_json(json);
     return 0;
 }

@@ -708,6 +708,8 @@ static int invariance_attention_rmsnorm(void) {
     int64_t stride = (int64_t)(max_pos + 1) * kv_dim;
     float *kc = rand_floats((size_t)2 * stride, 1), *vc = rand_floats((size_t)2 * stride, 1);
     float *q = rand_floats((size_t)n * heads * hd, 2);
+    // Tokens 3-4 and 5-6 share a sequence in the batch (a prompt's scores, 8 positions at a
+    // time) and are alone in their one-token calls (decode's path): both must agree bitwise.
     int32_t slot[7] = {0, 1, 0, 1, 1, 0, 0}, pos[7] = {200, 3, 17, 150, 0, 99, 5};
     size_t qd = (size_t)heads * hd;
     float *dkc = to_be(kc, (size_t)2 * stride * 4), *dvc = to_be(vc, (size_t)2 * stride * 4), *dq = to_be(q, n * qd * 4);

@@ -70,6 +70,43 @@ static const weighted_fn weighted[4][4] = {
     {weighted_1_1, weighted_1_2, weighted_1_3, weighted_1_4}, {weighted_2_1, weighted_2_2, weighted_2_3, weighted_2_4},
     {weighted_3_1, weighted_3_2, weighted_3_3, weighted_3_4}, {weighted_4_1, weighted_4_2, weighted_4_3, weighted_4_4}};
 
+#ifdef __AVX512F__
+#include <immintrin.h>
+// The scores of one query head against 8 consecutive positions: 8 dots of `chunks` 16-float
+// chunks, each cpu_dot's fma chain from 0, then the 8 reduction trees run side by side. Each
+// level adds the same lane pairs as v16_sum ((l, l+8), (l, l+4), (l, l+2), (l, l+1)), only
+// for several dots in one vector, so every score is bitwise cpu_dot's; the last permute puts
+// them in position order. out[p] = dot(q, k + p * ldk) * scale. Eight, not 16: K rows 4 KB
+// apart share an L1 set, and 16 of them would not fit its 12 ways.
+static void scores8(float *out, const float *q, const float *k, int64_t ldk, int chunks, float scale) {
+    __m512 acc[8];
+    for (int p = 0; p < 8; p++) acc[p] = _mm512_setzero_ps();
+    for (int c = 0; c < chunks; c++) {
+        __m512 qv = _mm512_loadu_ps(q + c * LANES);
+#pragma GCC unroll 8
+        for (int p = 0; p < 8; p++) acc[p] = _mm512_fmadd_ps(qv, _mm512_loadu_ps(k + p * ldk + c * LANES), acc[p]);
+    }
+    __m512 x[4], z[2];
+    for (int j = 0; j < 4; j++)   // lanes l + (l + 8): [dot 2j | dot 2j+1], 8 lanes each
+        x[j] = _mm512_add_ps(_mm512_shuffle_f32x4(acc[2 * j], acc[2 * j + 1], 0x44),
+                             _mm512_shuffle_f32x4(acc[2 * j], acc[2 * j + 1], 0xEE));
+    for (int j = 0; j < 2; j++)   // (l, l + 4): one 128-bit block per dot, dots 4j..4j+3
+        z[j] = _mm512_add_ps(_mm512_shuffle_f32x4(x[2 * j], x[2 * j + 1], 0x88),
+                             _mm512_shuffle_f32x4(x[2 * j], x[2 * j + 1], 0xDD));
+    // (l, l + 2): block b holds dot b's two sums, then dot b+4's
+    __m512 t = _mm512_add_ps(_mm512_shuffle_ps(z[0], z[1], _MM_SHUFFLE(1, 0, 1, 0)),
+                             _mm512_shuffle_ps(z[0], z[1], _MM_SHUFFLE(3, 2, 3, 2)));
+    // (l, l + 1): lane 4b holds dot b, lane 4b + 1 dot b + 4
+    __m512 r = _mm512_add_ps(_mm512_shuffle_ps(t, t, _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_ps(t, t, _MM_SHUFFLE(3, 1, 3, 1)));
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0);
+    __m512 sorted = _mm512_mul_ps(_mm512_permutexvar_ps(order, r), _mm512_set1_ps(scale));
+    _mm256_storeu_ps(out, _mm512_castps512_ps256(sorted));
+}
+#define ATT_SCORES8 1
+#else
+#define ATT_SCORES8 0
+#endif
+
 // Positions per block of the weighted sum: the block's V rows of the run (8 x 4 KB at Llama 3
 // 8B) stay in L1 while every query head's sums run over them.
 #define ATT_PB 8
@@ -107,7 +144,14 @@ void cpu_attention(backend *be, float *out, const float *q, const float *k_cache
             // tokens of a prompt share them, so they are in cache, and prefetching only waits.
             int alone = (i == 0 || slot[i - 1] != slot[i]) && (i + 1 == n || slot[i + 1] != slot[i]);
 
-            for (int64_t p = 0; p < len; p++) {
+            int64_t p = 0;
+            // A prompt's token, its K rows in cache: 8 positions per query head at a time.
+            if (ATT_SCORES8 && !alone && head_dim % LANES == 0)
+                for (; p + 8 <= len; p += 8)
+                    for (int h = 0; h < heads; h++)
+                        scores8(score + (size_t)h * len + p, qg + (size_t)h * head_dim,
+                                 kb + (size_t)p * kv_dim + (size_t)(h / group) * head_dim, kv_dim, head_dim / LANES, scale);
+            for (; p < len; p++) {
                 const float *kp = kb + (size_t)p * kv_dim;
                 if (alone && p + AHEAD < len) prefetch_run(kp + AHEAD * kv_dim, run);
                 for (int g = 0; g < kv_run; g++) {

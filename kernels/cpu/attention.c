@@ -146,11 +146,13 @@ void cpu_attention(backend *be, float *out, const float *q, const float *k_cache
 
             int64_t p = 0;
             // A prompt's token, its K rows in cache: 8 positions per query head at a time.
-            if (ATT_SCORES8 && !alone && head_dim % LANES == 0)
+#if ATT_SCORES8
+            if (!alone && head_dim % LANES == 0)
                 for (; p + 8 <= len; p += 8)
                     for (int h = 0; h < heads; h++)
                         scores8(score + (size_t)h * len + p, qg + (size_t)h * head_dim,
                                  kb + (size_t)p * kv_dim + (size_t)(h / group) * head_dim, kv_dim, head_dim / LANES, scale);
+#endif
             for (; p < len; p++) {
                 const float *kp = kb + (size_t)p * kv_dim;
                 if (alone && p + AHEAD < len) prefetch_run(kp + AHEAD * kv_dim, run);

@@ -36,6 +36,8 @@ mk="$build/llamoe-mkmodel"
 [ -x "$mk" ] || { echo "bench: $mk is missing (build first)" >&2; exit 2; }
 [ -z "$compare" ] || [ -x "$compare" ] || { echo "bench: --compare $compare is not a program" >&2; exit 2; }
 mkdir -p "$(dirname "$json")"
+# The scratch directory for every model and dd file, on the disk measured (--dir, else the
+# build directory); mktemp fills in the XXXXXX, the trap removes it however the script ends.
 work=$(mktemp -d "${dir:-$build}/mkmodel_write.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 mk_args=(--preset llama3.1-8b --layers "$layers" --dtype BF16 --seed 1)

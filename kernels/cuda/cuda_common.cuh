@@ -54,10 +54,15 @@ enum {
     SCR_FFN_H,      // small-batch expert FFN hidden activations (fp32)
     SCR_ATT,        // attention split-KV partials
     SCR_SMALL_OUT,  // argmax results before they go to the host
-    SCR_GROUPED,    // pointer arrays of the grouped GEMM
-    SCR_MOE,        // the route plan's per-rank cursors
+    SCR_MOE,        // moe_group's per-source histograms and bases
     SCR_COUNT
 };
+
+// The ranks' first returned rows, passed to the MoE kernels by value.
+typedef struct { int64_t v[MOE_MAX_RANKS + 1]; } rank_table;
+
+// silu(g) * u, the one expression of every SwiGLU kernel (the CPU's is cpu_swiglu1).
+static __device__ __forceinline__ float cuda_swiglu1(float g, float u) { return g / (1.0f + expf(-g)) * u; }
 
 enum { EXPERT_GEMM_GROUPED, EXPERT_GEMM_LOOP, EXPERT_GEMM_GEMV };
 

@@ -49,7 +49,7 @@ void cuda_gather_rows(backend *be, float *out, const float *x, const int32_t *ro
 __global__ void swiglu_kernel(float *out, const float *gate, const float *up, int64_t n) {
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         float g = gate[i];
-        out[i] = g / (1.0f + expf(-g)) * up[i];
+        out[i] = cuda_swiglu1(g, up[i]);
     }
 }
 

@@ -128,7 +128,7 @@ static __device__ __forceinline__ void gemv_block(const gemv_job &J, const float
             g += red[warp + p][lane];
             if (SWIGLU) u += red_up[warp + p][lane];
         }
-        if (SWIGLU) g = g / (1.0f + expf(-g)) * u;   // as swiglu_kernel
+        if (SWIGLU) g = cuda_swiglu1(g, u);
         out[(int64_t)lane * J.ldo + r] = g;
     }
     __syncthreads();   // red is reused by the next chunk

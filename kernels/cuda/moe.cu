@@ -55,7 +55,6 @@ void cuda_router_topk(backend *be, int32_t *expert, float *weight, const float *
 // ---------------------------------------------------------------------------- combine
 // out[t, c] = sum_j weight[t*k + j] * y[ret_base[owner] + pair_slot, c], j in order, one fma
 // per term from 0 (the CPU's o += w * y contracts to the same fma): bitwise the CPU's.
-typedef struct { int64_t v[MOE_MAX_RANKS + 1]; } rank_table;
 
 __global__ void combine_kernel(float *out, const float *y, const int32_t *expert, const int32_t *pair_slot,
                                const float *weight, const int32_t *owner, const __grid_constant__ rank_table base,
@@ -251,9 +250,7 @@ static int gemms_grouped(cuda_ctx *cx, const gemm_problem *g, int count) {
     cublasStatus_t st = cublasGemmGroupedBatchedEx(cx->blas, ta, tb, m, nn, kk, alpha, dev, in, lda, dev + count, in, ldb,
                                                    beta, (void *const *)(dev + 2 * count), CUDA_R_32F, ldc, count, size,
                                                    CUBLAS_COMPUTE_32F);
-    char what[160];
-    snprintf(what, sizeof what, "%d GEMMs, %s in, f32 out; the first [%d x %d] . [%d x %d]", count,
-             dtype_name(g[0].w.dtype), m[0], kk[0], kk[0], nn[0]);
+    int m0 = m[0], k0 = kk[0], n0 = nn[0];   // for the message, after the arrays are freed
     free(m); free(ta); free(alpha); free(ptrs);
     if (st == CUBLAS_STATUS_SUCCESS) {
         cx->grouped_ok = 1;
@@ -263,7 +260,8 @@ static int gemms_grouped(cuda_ctx *cx, const gemm_problem *g, int count) {
         cx->grouped_ok = -1;   // said in the backend's description; the loop runs from now on
         return -1;
     }
-    die("cublasGemmGroupedBatchedEx: %s (%s)", cublasGetStatusString(st), what);
+    die("cublasGemmGroupedBatchedEx: %s (%d GEMMs, %s in, f32 out; the first [%d x %d] . [%d x %d])",
+        cublasGetStatusString(st), count, dtype_name(g[0].w.dtype), m0, k0, k0, n0);
 }
 
 static void run_gemms(cuda_ctx *cx, const gemm_problem *g, int count) {
@@ -290,7 +288,7 @@ __global__ void swiglu_experts_kernel(HT *h, const float *gu, const __grid_const
          j += (T.first_block[i + 1] - T.first_block[i]) * (int64_t)blockDim.x) {
         int64_t t = j / ff, c = j % ff;
         float g = gu[T.gu_at[i] + t * 2 * ff + c], u = gu[T.gu_at[i] + t * 2 * ff + ff + c];
-        h[T.h_at[i] + j] = (HT)(g / (1.0f + expf(-g)) * u);   // as swiglu_kernel, then narrowed
+        h[T.h_at[i] + j] = (HT)cuda_swiglu1(g, u);   // then narrowed
     }
 }
 

@@ -165,7 +165,6 @@ void cuda_moe_pack(backend *be, void *send, const moe_layout *at, const float *x
 //   3. per source, one warp ranks the pairs in order (stable): pair q of expert le is row
 //      base[s, le] + (earlier pairs of le in s); its row is copied to xe, its xe row noted in
 //      ret_row for the return.
-typedef struct { int64_t v[MOE_MAX_RANKS + 1]; } rank_table;
 
 static __device__ const int2 *pairs_of(const char *recv, const moe_layout &at, int s) {
     return (const int2 *)(recv + at.msg[s] + at.pairs[s]);

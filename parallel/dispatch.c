@@ -43,6 +43,16 @@ static void prefix(int64_t *base, const int64_t *count, int P) {
     for (int p = 0; p < P; p++) base[p + 1] = base[p] + count[p];
 }
 
+// Where each message lies and where each peer's returned rows start, from the plan's counts.
+static void finish_plan(moe_exchange_plan *pl, int d) {
+    int P = pl->n_ranks;
+    lay_out(&pl->send, pl->send_bytes, pl->rows_to, pl->pairs_to, P, d);
+    lay_out(&pl->recv, pl->recv_bytes, pl->rows_from, pl->pairs_from, P, d);
+    prefix(pl->owner_ret, pl->pairs_from, P);
+    prefix(pl->home_ret, pl->pairs_to, P);
+    pl->rows_owned = pl->owner_ret[P];
+}
+
 // ---------------------------------------------------------------------------- lifecycle
 moe_exchange *moe_exchange_new(const expert_placement *p, int rank, int d, int k, int max_tokens, int capacity) {
     int P = p->n_ranks;
@@ -73,11 +83,9 @@ moe_exchange *moe_exchange_new(const expert_placement *p, int rank, int d, int k
         f->rows_to[r] = f->rows_from[r] = capacity;
         f->pairs_to[r] = f->pairs_from[r] = cap_pairs;
     }
-    lay_out(&f->send, f->send_bytes, f->rows_to, f->pairs_to, P, d);
-    lay_out(&f->recv, f->recv_bytes, f->rows_from, f->pairs_from, P, d);
-    prefix(f->owner_ret, f->pairs_from, P);
-    prefix(f->home_ret, f->pairs_to, P);
-    f->rows_owned = f->owner_ret[P];
+    finish_plan(f, d);
+    ex->counts_plan.n_ranks = P;   // the counts plan: fixed = 0 (xcalloc), the rest per step
+    ex->counts_plan.rank = rank;
     ex->counts_plan.expert_offsets = ex->offsets_counts;
     return ex;
 }
@@ -139,9 +147,6 @@ int moe_exchange_plan_counts(moe_exchange *ex, comm *c, const int32_t *counts, i
     if (c->size != P || c->rank != ex->rank)
         die("moe exchange: built for rank %d of %d, communicator is rank %d of %d", ex->rank, P, c->rank, c->size);
     moe_exchange_plan *pl = &ex->counts_plan;
-    pl->fixed = 0;
-    pl->n_ranks = P;
-    pl->rank = ex->rank;
     int64_t key = ((int64_t)ex->d << 32) | E;
     memset(ex->counts_send, 0, (size_t)P * W * sizeof(int64_t));
     for (int r = 0; r < P; r++) {
@@ -177,11 +182,7 @@ int moe_exchange_plan_counts(moe_exchange *ex, comm *c, const int32_t *counts, i
                         s, (long long)msg[0], (long long)msg[1], (long long)sum, ex->max_tokens);
     }
     for (int i = 0; i < L; i++) pl->expert_offsets[i + 1] += pl->expert_offsets[i];
-    lay_out(&pl->send, pl->send_bytes, pl->rows_to, pl->pairs_to, P, ex->d);
-    lay_out(&pl->recv, pl->recv_bytes, pl->rows_from, pl->pairs_from, P, ex->d);
-    prefix(pl->owner_ret, pl->pairs_from, P);
-    prefix(pl->home_ret, pl->pairs_to, P);
-    pl->rows_owned = pl->owner_ret[P];
+    finish_plan(pl, ex->d);
     *plan = pl;
     return 0;
 }

@@ -94,14 +94,14 @@ void cpu_expert_ffn(backend *be, float *out, const float *x, const int64_t *offs
     float *g = cpu_scratch(be, CPU_SCRATCH_FFN_G, hoff[E] * sizeof(float));
     float *u = cpu_scratch(be, CPU_SCRATCH_FFN_U, hoff[E] * sizeof(float));
     ffn_item *up = (ffn_item *)(items + hoff_bytes), *down = up + n_up + 1;
+    int threads = cpu_threads(be);
     n_up = n_down = 0;
     for (int e = 0; e < E; e++) {
         if (offsets[e + 1] == offsets[e]) continue;
-        n_up = add_items(up, n_up, e, ex->w1[e].rows, offsets[e + 1] - offsets[e], cpu_threads(be));
-        n_down = add_items(down, n_down, e, d, offsets[e + 1] - offsets[e], cpu_threads(be));
+        n_up = add_items(up, n_up, e, ex->w1[e].rows, offsets[e + 1] - offsets[e], threads);
+        n_down = add_items(down, n_down, e, d, offsets[e + 1] - offsets[e], threads);
     }
 
-    int threads = cpu_threads(be);
     char *scratch = cpu_thread_scratch(be, CPU_SCRATCH_FFN_MATMUL, threads, CPU_MATMUL_SCRATCH);
 #pragma omp parallel num_threads(threads)
     {

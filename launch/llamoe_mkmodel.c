@@ -484,6 +484,12 @@ static void progress_update(progress *p, size_t add, int final) {
             mb / (now - p->start + 1e-9), final ? "\n" : "");
 }
 
+// Shard s of `shards` (from 0), as Hugging Face names them; one shard is model.safetensors.
+static void shard_name(char *name, size_t cap, int s, int shards) {
+    if (shards == 1) snprintf(name, cap, "model.safetensors");
+    else snprintf(name, cap, "model-%05d-of-%05d.safetensors", s + 1, shards);
+}
+
 // Writes every shard: the generators fill chunks, this thread writes them in order.
 static void write_weights(const out_dir *d, const mk_tensor *ts, int n, const mk_options *o, progress *prog) {
     pipeline p = {.ts = ts, .bf16_values = o->bf16_values};
@@ -510,8 +516,7 @@ static void write_weights(const out_dir *d, const mk_tensor *ts, int n, const mk
         st_write_spec *specs = xcalloc((size_t)(last - first), sizeof *specs);
         for (int i = first; i < last; i++) specs[i - first] = ts[i].spec;
         char name[64];
-        if (o->shards == 1) snprintf(name, sizeof name, "model.safetensors");
-        else snprintf(name, sizeof name, "model-%05d-of-%05d.safetensors", s + 1, o->shards);
+        shard_name(name, sizeof name, s, o->shards);
         char *path = out_dir_file(d, name);
         st_writer *w = st_writer_open(path, specs, last - first, NULL, &err);
         free(specs);
@@ -542,7 +547,7 @@ static void write_weights(const out_dir *d, const mk_tensor *ts, int n, const mk
 static void write_index(const out_dir *d, const mk_tensor *ts, int n, int shards, size_t total) {
     char (*shard_names)[64] = xcalloc((size_t)shards, sizeof *shard_names);
     const char **names = xcalloc((size_t)n, sizeof *names), **shard_of = xcalloc((size_t)n, sizeof *shard_of);
-    for (int s = 0; s < shards; s++) snprintf(shard_names[s], sizeof shard_names[s], "model-%05d-of-%05d.safetensors", s + 1, shards);
+    for (int s = 0; s < shards; s++) shard_name(shard_names[s], sizeof shard_names[s], s, shards);
     for (int i = 0; i < n; i++) { names[i] = ts[i].name; shard_of[i] = shard_names[ts[i].shard]; }
     llamoe_err err;
     if (st_write_index(d->tmp, names, shard_of, n, total, &err) != 0) die("%s", err.msg);

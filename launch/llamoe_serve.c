@@ -208,12 +208,6 @@ static void request_release(request *r) {
     free(r);
 }
 
-static double mono_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 // ---------------------------------------------------------------------------- errors
 // An error as OpenAI sends it: {"error": {"message", "type", "param", "code"}}.
 typedef struct {
@@ -341,8 +335,7 @@ static int message_text(json_object *content, size_t i, char **text, size_t *len
         }
         size_t pl = (size_t)json_object_get_string_len(pt);
         while (n + pl + 1 > cap) cap *= 2;
-        t = realloc(t, cap);
-        CHECK(t);
+        t = xrealloc(t, cap);
         memcpy(t + n, json_object_get_string(pt), pl);
         n += pl;
     }
@@ -389,8 +382,7 @@ static int chat_prompt(server *s, json_object *body, request *r, api_error *e) {
         while (b > a && is_blank(content[b - 1])) b--;
         size_t need = len + strlen(role) + (b - a) + 64;
         while (need > cap) cap *= 2;
-        t = realloc(t, cap);
-        CHECK(t);
+        t = xrealloc(t, cap);
         len += (size_t)sprintf(t + len, "<|start_header_id|>%s<|end_header_id|>\n\n", role);
         if (content) {
             memcpy(t + len, content + a, b - a);
@@ -521,8 +513,7 @@ typedef struct {
 static void text_append(text_out *t, const char *p, size_t n) {
     if (t->len + n + 1 > t->cap) {
         while (t->len + n + 1 > t->cap) t->cap = t->cap ? 2 * t->cap : 256;
-        t->text = realloc(t->text, t->cap);
-        CHECK(t->text);
+        t->text = xrealloc(t->text, t->cap);
     }
     memcpy(t->text + t->len, p, n);
     t->len += n;
@@ -747,8 +738,7 @@ static void out_printf(http_ctx *h, const char *fmt, ...) {
     va_end(ap);
     if (h->out_len + (size_t)n + 1 > h->out_cap) {
         while (h->out_len + (size_t)n + 1 > h->out_cap) h->out_cap = h->out_cap ? 2 * h->out_cap : 1024;
-        h->out = realloc(h->out, h->out_cap);
-        CHECK(h->out);
+        h->out = xrealloc(h->out, h->out_cap);
     }
     va_start(ap, fmt);
     vsnprintf(h->out + h->out_len, (size_t)n + 1, fmt, ap);
@@ -845,7 +835,7 @@ static enum MHD_Result handle_generate(http_ctx *h, api_kind kind) {
     server_lock(s);
     r->number = s->next_number++;
     server_unlock(s);
-    r->t_arrival = mono_now();
+    r->t_arrival = now_seconds();
     if (parse_request(s, h->body, h->body_len, kind, r, &e) != 0) {
         request_release(r);
         return send_error(h->conn, s, &e, NULL);
@@ -1045,8 +1035,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             }
             return MHD_YES;
         }
-        h->body = realloc(h->body, h->body_len + n + 1);
-        CHECK(h->body);
+        h->body = xrealloc(h->body, h->body_len + n + 1);
         memcpy(h->body + h->body_len, upload_data, n);
         h->body_len += n;
         h->body[h->body_len] = 0;
@@ -1095,7 +1084,7 @@ static void deliver(server *s, const engine_token *t, int n) {
         request *r = s->running[t[i].seq];
         CHECK(r);
         if (r->n_ids == 0) {
-            r->t_first_token = mono_now();
+            r->t_first_token = now_seconds();
             s->ttft_sum_s += r->t_first_token - r->t_arrival;
             s->ttft_count++;
         }
@@ -1134,7 +1123,7 @@ static void engine_loop(server *s, engine *e) {
     llamoe_err err;
     server_lock(s);
     for (;;) {
-        double now = mono_now();
+        double now = now_seconds();
         int cut = s->stopping && now >= s->cut_at;
         for (int i = 0; i < s->slots_total; i++)
             if (s->running[i] && (s->running[i]->cancel || cut)) drop(s, e, s->running[i], cut && !s->running[i]->cancel);
@@ -1196,7 +1185,7 @@ static void stop_server(server *s, int signo, int from_launcher) {
     server_lock(s);
     if (!s->stopping) {
         s->stopping = 1;
-        s->cut_at = mono_now() + (from_launcher ? 0 : s->o.drain_s);
+        s->cut_at = now_seconds() + (from_launcher ? 0 : s->o.drain_s);
         fprintf(stderr, "llamoe-serve: %s: stopping; %s\n", strsignal(signo),
                 from_launcher ? "mpirun ends the job: running requests are cut now" : "running requests may finish");
     } else {

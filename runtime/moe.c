@@ -159,8 +159,7 @@ void moe_step_begin(moe_state *s, int max_tokens_any, int decode_only) {
     moe_stats *st = &s->stats;
     if (st->n_steps == s->step_pairs_cap) {
         s->step_pairs_cap = s->step_pairs_cap ? 2 * s->step_pairs_cap : 64;
-        st->step_pairs = realloc(st->step_pairs, (size_t)s->step_pairs_cap * s->n_layers * sizeof(int64_t));
-        CHECK(st->step_pairs);
+        st->step_pairs = xrealloc(st->step_pairs, (size_t)s->step_pairs_cap * s->n_layers * sizeof(int64_t));
     }
     int64_t *row = st->step_pairs + (size_t)st->n_steps++ * s->n_layers;
     for (int l = 0; l < s->n_layers; l++) row[l] = -1;

@@ -11,13 +11,8 @@
 
 // ---------------------------------------------------------------------------- reading
 static json_object *read_json(const char *path, llamoe_err *err) {
-    size_t len;
-    llamoe_err e;
-    char *text = read_text_file(path, PLACEMENT_MAX_BYTES, &len, &e);
-    if (!text) {
-        fail(err, "%s", e.msg);
-        return NULL;
-    }
+    char *text = read_text_file(path, PLACEMENT_MAX_BYTES, NULL, err);
+    if (!text) return NULL;
     json_object *root = json_read_object(path, text, err);
     free(text);
     return root;

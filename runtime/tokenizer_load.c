@@ -258,19 +258,25 @@ static int load_added(loader *L, tokenizer *t, json_object *added) {
 }
 
 // ---------------------------------------------------------------------------- loading: pipeline
+// A "Sequence" step: each element of o[key] loaded by fn, named where.key[i] in errors.
+typedef int (*load_step_fn)(loader *, tokenizer *, json_object *, const char *);
+static int load_sequence(loader *L, tokenizer *t, json_object *o, const char *where, const char *key, load_step_fn fn) {
+    json_object *list = json_read_member(o, key);
+    if (!list || !json_object_is_type(list, json_type_array)) return fail(L->err, "%s: %s.%s: missing", L->path, where, key);
+    for (size_t i = 0; i < json_object_array_length(list); i++) {
+        char sub[128];
+        snprintf(sub, sizeof sub, "%s.%s[%zu]", where, key, i);
+        if (fn(L, t, json_object_array_get_idx(list, i), sub)) return -1;
+    }
+    return 0;
+}
+
 static int load_normalizer(loader *L, tokenizer *t, json_object *o, const char *where) {
     if (!o) return 0;
     const char *type = type_of(o);
     if (!type) return fail(L->err, "%s: %s.type: missing", L->path, where);
     if (!strcmp(type, "Sequence")) {
-        json_object *list = json_read_member(o, "normalizers");
-        if (!list || !json_object_is_type(list, json_type_array)) return fail(L->err, "%s: %s.normalizers: missing", L->path, where);
-        for (size_t i = 0; i < json_object_array_length(list); i++) {
-            char sub[128];
-            snprintf(sub, sizeof sub, "%s.normalizers[%zu]", where, i);
-            if (load_normalizer(L, t, json_object_array_get_idx(list, i), sub)) return -1;
-        }
-        return 0;
+        return load_sequence(L, t, o, where, "normalizers", load_normalizer);
     }
     norm_step st = {0};
     const char *a = "", *b = "";
@@ -330,14 +336,7 @@ static int load_pre_tokenizer(loader *L, tokenizer *t, json_object *o, const cha
     if (!type) return fail(L->err, "%s: %s.type: missing", L->path, where);
     pre_step st = {0};
     if (!strcmp(type, "Sequence")) {
-        json_object *list = json_read_member(o, "pretokenizers");
-        if (!list || !json_object_is_type(list, json_type_array)) return fail(L->err, "%s: %s.pretokenizers: missing", L->path, where);
-        for (size_t i = 0; i < json_object_array_length(list); i++) {
-            char sub[128];
-            snprintf(sub, sizeof sub, "%s.pretokenizers[%zu]", where, i);
-            if (load_pre_tokenizer(L, t, json_object_array_get_idx(list, i), sub)) return -1;
-        }
-        return 0;
+        return load_sequence(L, t, o, where, "pretokenizers", load_pre_tokenizer);
     } else if (!strcmp(type, "Split")) {
         st.kind = PRE_SPLIT;
         json_object *p = json_read_member(o, "pattern");
@@ -383,14 +382,7 @@ static int load_decoder(loader *L, tokenizer *t, json_object *o, const char *whe
     if (!type) return fail(L->err, "%s: %s.type: missing", L->path, where);
     t->has_decoder = true;
     if (!strcmp(type, "Sequence")) {
-        json_object *list = json_read_member(o, "decoders");
-        if (!list || !json_object_is_type(list, json_type_array)) return fail(L->err, "%s: %s.decoders: missing", L->path, where);
-        for (size_t i = 0; i < json_object_array_length(list); i++) {
-            char sub[128];
-            snprintf(sub, sizeof sub, "%s.decoders[%zu]", where, i);
-            if (load_decoder(L, t, json_object_array_get_idx(list, i), sub)) return -1;
-        }
-        return 0;
+        return load_sequence(L, t, o, where, "decoders", load_decoder);
     }
     dec_step st = {0};
     const char *a = "", *b = "";
@@ -470,14 +462,7 @@ static int load_post_processor(loader *L, tokenizer *t, json_object *o, const ch
     const char *type = type_of(o);
     if (!type) return fail(L->err, "%s: %s.type: missing", L->path, where);
     if (!strcmp(type, "Sequence")) {
-        json_object *list = json_read_member(o, "processors");
-        if (!list || !json_object_is_type(list, json_type_array)) return fail(L->err, "%s: %s.processors: missing", L->path, where);
-        for (size_t i = 0; i < json_object_array_length(list); i++) {
-            char sub[128];
-            snprintf(sub, sizeof sub, "%s.processors[%zu]", where, i);
-            if (load_post_processor(L, t, json_object_array_get_idx(list, i), sub)) return -1;
-        }
-        return 0;
+        return load_sequence(L, t, o, where, "processors", load_post_processor);
     }
     if (!strcmp(type, "ByteLevel")) return 0;   // only adjusts offsets, which we do not return
     if (!strcmp(type, "TemplateProcessing")) return load_template(L, t, o, where);

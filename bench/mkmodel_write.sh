@@ -73,7 +73,7 @@ run_mk() {   # NAME BINARY [extra arguments]
   local name=$1 bin=$2; shift 2
   sync
   local t0 t1; t0=$(now)
-  "$bin" -o "$work/model" "$@" 2>"$work/$name.log"
+  "$bin" -o "$work/model" "$@" 2>"$work/$name.log" || { cat "$work/$name.log" >&2; exit 1; }   # before the trap removes it
   t1=$(now)
   rm -rf "$work/model"
   echo "$name $r $(awk "BEGIN { print $t1 - $t0 }") $(load)" >>"$rows"
